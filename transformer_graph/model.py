@@ -1,0 +1,136 @@
+"""The encoder-decoder Transformer on attention graphs, and its factory."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .batch import GraphBatch
+from .layers import Decoder, DecoderLayer, Encoder, EncoderLayer
+
+
+class TokenEmbedding(nn.Module):
+    """Token embedding scaled by sqrt(d_model), as in the paper."""
+
+    def __init__(self, vocab_size: int, d_model: int, name: str = "tokens"):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, d_model)
+        self.scale = math.sqrt(d_model)
+        self.name = name
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.embed.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.embed.num_embeddings):
+            bad = ids[(ids < 0) | (ids >= self.embed.num_embeddings)][0].item()
+            raise ValueError(f"{self.name}: token id {bad} is outside the vocabulary "
+                             f"[0, {self.embed.num_embeddings})")
+        return self.embed(ids) * self.scale
+
+
+class PositionalEncoding(nn.Module):
+    """Fixed sinusoidal encodings, looked up by each node's position in its sentence."""
+
+    def __init__(self, d_model: int, max_len: int = 512):
+        super().__init__()
+        pos = torch.arange(max_len, dtype=torch.float64).unsqueeze(1)
+        div = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float64) * (-math.log(10000.0) / d_model))
+        table = torch.zeros(max_len, d_model, dtype=torch.float64)
+        table[:, 0::2] = torch.sin(pos * div)
+        table[:, 1::2] = torch.cos(pos * div)[:, : d_model // 2]
+        self.register_buffer("table", table.float(), persistent=False)
+        self.max_len = max_len
+
+    def forward(self, pos: torch.Tensor, name: str = "positions") -> torch.Tensor:
+        if pos.numel() and int(pos.max()) >= self.max_len:
+            raise ValueError(f"{name}: sequence length {int(pos.max()) + 1} exceeds the positional "
+                             f"table (max_len={self.max_len}); build the model with a larger max_len")
+        return self.table[pos]
+
+
+class GraphTransformer(nn.Module):
+    """Encoder-decoder Transformer whose attention is message passing on graphs.
+
+    ``forward(batch)`` takes a :class:`~transformer_graph.batch.GraphBatch` and
+    returns log-probabilities of shape (num_target_nodes, tgt_vocab).
+    """
+
+    def __init__(self, src_vocab: int, tgt_vocab: int, layers: int = 6, d_model: int = 512,
+                 d_ff: int = 2048, heads: int = 8, dropout: float = 0.1, norm_first: bool = True,
+                 share_embeddings: bool = False, tie_generator: bool = False, max_len: int = 512,
+                 attn_dropout: float | None = None, decoder_layers: int | None = None):
+        super().__init__()
+        for name, value in (("src_vocab", src_vocab), ("tgt_vocab", tgt_vocab), ("layers", layers),
+                            ("d_model", d_model), ("d_ff", d_ff), ("heads", heads), ("max_len", max_len)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        if d_model % heads != 0:
+            raise ValueError(f"d_model={d_model} must be divisible by heads={heads}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout: expected a value in [0, 1), got {dropout!r}")
+        if share_embeddings and src_vocab != tgt_vocab:
+            raise ValueError(f"share_embeddings needs one joint vocabulary, got src_vocab={src_vocab} "
+                             f"and tgt_vocab={tgt_vocab}")
+        self.config = dict(src_vocab=src_vocab, tgt_vocab=tgt_vocab, layers=layers, d_model=d_model,
+                           d_ff=d_ff, heads=heads, dropout=dropout, norm_first=norm_first,
+                           share_embeddings=share_embeddings, tie_generator=tie_generator,
+                           max_len=max_len, attn_dropout=attn_dropout, decoder_layers=decoder_layers)
+        self.d_model = d_model
+        self.src_embed = TokenEmbedding(src_vocab, d_model, "src")
+        self.tgt_embed = self.src_embed if share_embeddings else TokenEmbedding(tgt_vocab, d_model, "tgt")
+        self.pos = PositionalEncoding(d_model, max_len)
+        self.embed_dropout = nn.Dropout(dropout)
+        args = (d_model, heads, d_ff, dropout, norm_first, attn_dropout)
+        self.encoder = Encoder(lambda: EncoderLayer(*args), layers, d_model, final_norm=norm_first)
+        self.decoder = Decoder(lambda: DecoderLayer(*args), decoder_layers or layers, d_model,
+                               final_norm=norm_first)
+        self.generator = nn.Linear(d_model, tgt_vocab)
+        self._reset_parameters()
+        if tie_generator:
+            self.generator.weight = self.tgt_embed.weight
+
+    def _reset_parameters(self) -> None:
+        # Xavier for every matrix (as the reference); biases and norms keep their defaults.
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+
+    # -- pieces, also used by the incremental decoder -----------------------
+    def embed_src(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return self.embed_dropout(self.src_embed(ids) + self.pos(pos, "src"))
+
+    def embed_tgt(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return self.embed_dropout(self.tgt_embed(ids) + self.pos(pos, "tgt"))
+
+    def encode(self, batch: GraphBatch, need_weights: bool = False):
+        return self.encoder(batch.graphs.enc, self.embed_src(batch.src, batch.src_pos), need_weights)
+
+    def log_probs(self, h: torch.Tensor) -> torch.Tensor:
+        """The generator: linear map to the vocabulary, then log-softmax."""
+        return F.log_softmax(self.generator(h), dim=-1)
+
+    def forward(self, batch: GraphBatch, return_attention: bool = False):
+        memory, w_enc = self.encode(batch, return_attention)
+        h, w_dec, w_cross = self.decoder(batch.graphs.dec, batch.graphs.cross,
+                                         self.embed_tgt(batch.tgt, batch.tgt_pos), memory,
+                                         return_attention)
+        logp = self.log_probs(h)
+        if return_attention:
+            return logp, {"enc": w_enc, "dec": w_dec, "cross": w_cross}
+        return logp
+
+
+def make_model(src_vocab: int, tgt_vocab: int, layers: int = 6, d_model: int = 512, d_ff: int = 2048,
+               heads: int = 8, dropout: float = 0.1, norm_first: bool = True,
+               share_embeddings: bool = False, tie_generator: bool | None = None, max_len: int = 512,
+               **kwargs) -> GraphTransformer:
+    """Build a :class:`GraphTransformer`; the generator is tied to the target
+    embedding whenever embeddings are shared, unless ``tie_generator`` says otherwise."""
+    if tie_generator is None:
+        tie_generator = share_embeddings
+    return GraphTransformer(src_vocab, tgt_vocab, layers, d_model, d_ff, heads, dropout, norm_first,
+                            share_embeddings, tie_generator, max_len, **kwargs)
