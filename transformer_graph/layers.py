@@ -144,3 +144,14 @@ class Decoder(nn.Module):
             w_self.append(ws)
             w_cross.append(wc)
         return self.norm(x), w_self, w_cross
+
+    def memory_kv(self, memory: torch.Tensor) -> list:
+        """Cross-attention keys/values of the source nodes, once per layer (decoding)."""
+        return [layer.cross_attn.project_kv(memory) for layer in self.layers]
+
+    def step(self, dec_graph, cross_graph, x: torch.Tensor, memory_kv: list, self_kv: list):
+        """Run only the new target nodes ``x``: ``self_kv[l]`` supplies layer l's keys and
+        values of every node the new ones attend to (the cached prefix plus themselves)."""
+        for layer, mkv, hook in zip(self.layers, memory_kv, self_kv):
+            x, _ = layer(dec_graph, cross_graph, x, memory_kv=mkv, self_kv=hook)
+        return self.norm(x)

@@ -1,0 +1,107 @@
+"""From a :class:`~transformer_graph.config.Config` to data, vocabularies, graphs and a model.
+
+The training, evaluation, translation and picture scripts all start here, so a
+checkpoint's saved config and vocabulary rebuild exactly the model and data
+that produced it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config, DataConfig, ModelConfig
+from .data import Dataset, Vocab, build_vocabs, filter_pairs, load_parallel_dir, load_task
+from .graphs import GraphSpec
+
+SYNTHETIC = ("copy", "sort")
+TRANSLATION = ("parallel", "multi30k")
+
+
+@dataclass
+class Experiment:
+    cfg: Config
+    splits: dict[str, Dataset]          # "train", "valid", "test"
+    src_vocab: Vocab
+    tgt_vocab: Vocab
+    spec: GraphSpec
+    tokens: dict                        # split -> [(source tokens, target tokens)] as read
+
+    @property
+    def translation(self) -> bool:
+        return self.cfg.data.task in TRANSLATION
+
+
+def load_token_splits(data: DataConfig) -> dict:
+    """split -> list of (source tokens, target tokens), before any filtering."""
+    if data.task in SYNTHETIC:
+        return load_task(data.task, seed=data.seed, train_size=data.train_size,
+                         valid_size=data.valid_size, test_size=data.test_size,
+                         length_mean=data.length_mean, length_std=data.length_std, alphabet=data.alphabet)
+    if data.task == "multi30k":
+        from .multi30k import load_multi30k  # sacremoses is only needed for this task
+        return load_multi30k(data.path, src_lang=data.src_lang, tgt_lang=data.tgt_lang)
+    prefixes = {"train": data.train_prefix, "valid": data.valid_prefix, "test": data.test_prefix}
+    return load_parallel_dir(data.path, data.src_lang, data.tgt_lang, prefixes, lowercase=data.lowercase)
+
+
+def graph_spec(model: ModelConfig) -> GraphSpec:
+    """The attention structures named in the config (see :mod:`transformer_graph.graphs`)."""
+    s = model.structure
+    return GraphSpec(enc=s.enc, dec=s.dec, cross=s.cross)
+
+
+def build_experiment(cfg: Config, vocabs: tuple[Vocab, Vocab] | None = None) -> Experiment:
+    """Load the task's splits and encode them; build vocabularies from the training
+    split unless ``vocabs`` (e.g. from a checkpoint) are given."""
+    d = cfg.data
+    tokens = load_token_splits(d)
+    tokens["train"] = filter_pairs(tokens["train"], d.max_src_len, d.max_tgt_len, d.long_pairs,
+                                   name="train")
+    # Evaluation splits are never shortened: drop only pairs with an empty side.
+    for split in ("valid", "test"):
+        tokens[split] = filter_pairs(tokens.get(split, []), None, None, "skip", name=split)
+    if vocabs is None:
+        joint = d.joint_vocab or cfg.model.share_embeddings
+        vocabs = build_vocabs(tokens["train"], joint=joint, min_freq=d.min_freq)
+    src_vocab, tgt_vocab = vocabs
+    splits = {name: Dataset.from_tokens(pairs, src_vocab, tgt_vocab) for name, pairs in tokens.items()}
+    return Experiment(cfg, splits, src_vocab, tgt_vocab, graph_spec(cfg.model), tokens)
+
+
+def build_model(model: ModelConfig, src_vocab: int, tgt_vocab: int):
+    """The network the config describes."""
+    from .model import make_model
+
+    kwargs = dict(layers=model.layers, d_model=model.d_model, d_ff=model.d_ff, heads=model.heads,
+                  dropout=model.dropout, norm_first=model.norm_first,
+                  share_embeddings=model.share_embeddings, tie_generator=model.tie_generator,
+                  max_len=model.max_len, attn_dropout=model.attn_dropout,
+                  decoder_layers=model.decoder_layers)
+    if model.kind != "standard":
+        raise ValueError(f"model.kind: {model.kind!r} is not available in this build")
+    return make_model(src_vocab, tgt_vocab, **kwargs)
+
+
+def vocab_paths(run_dir: Path) -> tuple[Path, Path]:
+    return run_dir / "vocab.src.json", run_dir / "vocab.tgt.json"
+
+
+def load_trained(path, map_location="cpu"):
+    """(model in eval mode, config, (src_vocab, tgt_vocab), checkpoint dict) from a checkpoint."""
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .config import config_from_dict
+
+    ckpt = load_checkpoint(path, map_location)
+    try:
+        cfg = config_from_dict(ckpt["config"], source=f"{path} (saved config)")
+        vocabs = (Vocab.from_dict(ckpt["src_vocab"]), Vocab.from_dict(ckpt["tgt_vocab"]))
+        model = build_model(cfg.model, len(vocabs[0]), len(vocabs[1]))
+        model.load_state_dict(ckpt["model"])
+    except KeyError as err:
+        raise CheckpointError(f"{path}: checkpoint lacks {err}; it was not written by scripts/train.py") from None
+    except RuntimeError as err:  # shape or key mismatch: another model or vocabulary
+        raise CheckpointError(f"{path}: weights do not fit the saved config/vocabulary: "
+                              f"{str(err).splitlines()[0]}") from None
+    if vocabs[0].to_dict() == vocabs[1].to_dict():
+        vocabs = (vocabs[0], vocabs[0])
+    return model.eval(), cfg, vocabs, ckpt
