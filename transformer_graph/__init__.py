@@ -1,0 +1,30 @@
+"""transformer_graph: the Transformer of "Attention Is All You Need" as a graph neural network on DGL.
+
+Self-attention is message passing: for each edge j -> i of an attention graph,
+phi makes a message (score q_i . k_j / sqrt(d_k), value v_j), □ aggregates the
+messages of each node (softmax-weighted sum) and gamma updates the node
+(residual + LayerNorm + MLP). Encoder self-attention runs on a complete graph,
+decoder self-attention on a causal graph and encoder-decoder attention on a
+complete bipartite graph.
+
+    >>> from transformer_graph import make_model, make_batch
+    >>> model = make_model(src_vocab=100, tgt_vocab=100, layers=2, d_model=64, d_ff=128, heads=4)
+    >>> batch = make_batch([[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14]], sos=2, eos=3)
+    >>> model(batch).shape  # log-probabilities, one row per target node
+    torch.Size([7, 100])
+"""
+from . import _dgl  # noqa: F401  (sets DGLBACKEND before anything imports DGL)
+from .attention import GraphAttention
+from .batch import GraphBatch, make_batch
+from .decoding import beam_search, greedy
+from .graphs import AttentionGraphs, GraphSpec, build_graphs, register_structure
+from .layers import Decoder, DecoderLayer, Encoder, EncoderLayer, FeedForward, Residual
+from .model import GraphTransformer, PositionalEncoding, TokenEmbedding, make_model
+
+__all__ = [
+    "AttentionGraphs", "Decoder", "DecoderLayer", "Encoder", "EncoderLayer", "FeedForward",
+    "GraphAttention", "GraphBatch", "GraphSpec", "GraphTransformer", "PositionalEncoding", "Residual",
+    "TokenEmbedding", "beam_search", "build_graphs", "greedy", "make_batch", "make_model",
+    "register_structure",
+]
+__version__ = "0.1.0"

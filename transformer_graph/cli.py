@@ -26,8 +26,10 @@ def train_main(argv=None) -> dict:
     ap.add_argument("--no-test", action="store_true", help="skip the test-split evaluation at the end")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
+    from .distributed import Collectives, failures_explained, init_from_env, shutdown
     from .training import Trainer, TrainingError, format_summary
 
+    dist_ctx = trainer = None
     try:
         if args.resume:
             run_dir = Path(args.resume)
@@ -42,8 +44,16 @@ def train_main(argv=None) -> dict:
             if (run_dir / "last.pt").exists():
                 raise ConfigError(f"{run_dir} already holds a run (last.pt); use --resume {run_dir} "
                                   f"to continue it or choose another --run-dir")
-        trainer = Trainer(cfg, run_dir, resume=bool(args.resume), quiet=args.quiet)
-        summary = trainer.fit()
+        # Under torchrun (RANK/WORLD_SIZE/LOCAL_RANK set, 2+ processes): join the process group.
+        dist_ctx = init_from_env(cfg.train.device)
+        rank, world_size = (dist_ctx.rank, dist_ctx.world_size) if dist_ctx else (0, 1)
+        if dist_ctx is not None and not args.resume and not args.run_dir:
+            run_dir = Collectives(rank, world_size).broadcast(run_dir)  # the timestamped name of rank 0
+        with failures_explained(dist_ctx, run_dir):
+            trainer = Trainer(cfg, run_dir, resume=bool(args.resume), rank=rank, world_size=world_size,
+                              quiet=args.quiet)
+            summary = trainer.fit()
+        shutdown(dist_ctx)  # the test evaluation below is rank 0's alone: no peer should wait for it
         if not args.no_test and trainer.is_main:
             from .evaluation import evaluate_checkpoint
             best = run_dir / "best.pt"
@@ -51,7 +61,10 @@ def train_main(argv=None) -> dict:
                 summary["test"] = evaluate_checkpoint(best, split="test")["metrics"]
     except (ConfigError, CheckpointError, TrainingError, ValueError) as err:
         _fail(err)
-    print(format_summary(summary))
+    finally:
+        shutdown(dist_ctx)
+    if trainer.is_main:
+        print(format_summary(summary))
     return summary
 
 

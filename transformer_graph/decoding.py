@@ -161,10 +161,13 @@ def _max_lengths(src_lens, max_len_a: float, max_len_b: int, limit: int) -> list
 def beam_search(model, src_seqs: Sequence[Sequence[int]], *, sos: int, eos: int, beam: int = 5,
                 alpha: float = 0.6, max_len_a: float = 1.0, max_len_b: int = 10,
                 spec: GraphSpec | None = None, incremental: bool = True,
-                n_best: int = 1) -> list[list[Hypothesis]]:
+                n_best: int = 1, state_factory=None) -> list[list[Hypothesis]]:
     """Batched beam search; returns the ``n_best`` hypotheses of each sentence, best first.
 
-    With ``beam=1`` this is exactly greedy decoding.
+    With ``beam=1`` this is exactly greedy decoding. ``state_factory(model, src_seqs,
+    spec, device)``, when given, builds the decoder state instead of the graph's (an
+    object with ``step(tokens, t, sent) -> log-probs`` and ``reorder(parents)``): the
+    benchmarks run a dense baseline through this very search that way.
     """
     if beam < 1:
         raise ValueError(f"beam: expected a positive integer, got {beam!r}")
@@ -172,10 +175,13 @@ def beam_search(model, src_seqs: Sequence[Sequence[int]], *, sos: int, eos: int,
         return []
     spec = spec or GraphSpec()
     device = next(model.parameters()).device
-    source = _Source(model, src_seqs, spec, device)
-    state = (_IncrementalState if incremental else _RecomputeState)(model, source, spec)
+    if state_factory is None:
+        source = _Source(model, src_seqs, spec, device)
+        state = (_IncrementalState if incremental else _RecomputeState)(model, source, spec)
+    else:
+        state = state_factory(model, src_seqs, spec, device)
     n_sent = len(src_seqs)
-    max_lens = _max_lengths(source.lens, max_len_a, max_len_b, model.pos.max_len)
+    max_lens = _max_lengths([len(s) for s in src_seqs], max_len_a, max_len_b, model.pos.max_len)
     finished: list[list[Hypothesis]] = [[] for _ in range(n_sent)]
 
     # Live hypotheses, flat; each sentence starts with a single <sos> hypothesis.

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .batch import GraphBatch
+from .batch import GraphBatch, positions
 from .model import GraphTransformer
 
 
@@ -60,18 +60,30 @@ def torch_transformer_from(model: GraphTransformer) -> nn.Transformer:
     return dense.to(next(model.parameters()).dtype)
 
 
+def _padded_rows(lengths: list[int], width: int, device) -> torch.Tensor:
+    """Row of each real token in the flattened (B * width) padded layout."""
+    lens = torch.as_tensor(lengths, device=device)
+    sentence = torch.arange(len(lengths), device=device).repeat_interleave(lens)
+    return sentence * width + positions(lengths).to(device)
+
+
 def pad(flat: torch.Tensor, lengths: list[int], value=0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split node rows by sentence and pad: returns (padded (B, L, ...), key padding mask (B, L))."""
-    rows = torch.split(flat, lengths)
-    padded = nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=value)
-    mask = torch.arange(padded.shape[1], device=flat.device)[None, :] >= torch.as_tensor(
+    """Split node rows by sentence and pad: returns (padded (B, L, ...), key padding mask (B, L)).
+
+    One scatter (and one gather in the backward pass), not a copy per sentence: the
+    dense baseline should not pay Python-loop costs the graph model does not.
+    """
+    width = max(lengths)
+    rows = _padded_rows(lengths, width, flat.device)
+    padded = flat.new_full((len(lengths) * width, *flat.shape[1:]), value).index_copy(0, rows, flat)
+    mask = torch.arange(width, device=flat.device)[None, :] >= torch.as_tensor(
         lengths, device=flat.device)[:, None]
-    return padded, mask
+    return padded.view(len(lengths), width, *flat.shape[1:]), mask
 
 
 def unpad(padded: torch.Tensor, lengths: list[int]) -> torch.Tensor:
     """Inverse of :func:`pad`: the real rows, concatenated sentence by sentence."""
-    return torch.cat([padded[i, :n] for i, n in enumerate(lengths)])
+    return padded.flatten(0, 1)[_padded_rows(lengths, padded.shape[1], padded.device)]
 
 
 class DenseTransformer(nn.Module):

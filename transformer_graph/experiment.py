@@ -45,15 +45,18 @@ def load_token_splits(data: DataConfig) -> dict:
 
 
 def graph_spec(model: ModelConfig) -> GraphSpec:
-    """The attention structures named in the config (see :mod:`transformer_graph.graphs`)."""
-    s = model.structure
-    return GraphSpec(enc=s.enc, dec=s.dec, cross=s.cross)
+    """The attention structures named in the config, with their parameters (window, ...)
+    applied (see :mod:`transformer_graph.structures`); unknown names raise ConfigError."""
+    from .structures import spec_from_config
+
+    return spec_from_config(model.structure)
 
 
 def build_experiment(cfg: Config, vocabs: tuple[Vocab, Vocab] | None = None) -> Experiment:
     """Load the task's splits and encode them; build vocabularies from the training
     split unless ``vocabs`` (e.g. from a checkpoint) are given."""
     d = cfg.data
+    spec = graph_spec(cfg.model)  # before loading data: a bad structure name fails fast
     tokens = load_token_splits(d)
     tokens["train"] = filter_pairs(tokens["train"], d.max_src_len, d.max_tgt_len, d.long_pairs,
                                    name="train")
@@ -65,7 +68,7 @@ def build_experiment(cfg: Config, vocabs: tuple[Vocab, Vocab] | None = None) -> 
         vocabs = build_vocabs(tokens["train"], joint=joint, min_freq=d.min_freq)
     src_vocab, tgt_vocab = vocabs
     splits = {name: Dataset.from_tokens(pairs, src_vocab, tgt_vocab) for name, pairs in tokens.items()}
-    return Experiment(cfg, splits, src_vocab, tgt_vocab, graph_spec(cfg.model), tokens)
+    return Experiment(cfg, splits, src_vocab, tgt_vocab, spec, tokens)
 
 
 def build_model(model: ModelConfig, src_vocab: int, tgt_vocab: int):
@@ -76,7 +79,15 @@ def build_model(model: ModelConfig, src_vocab: int, tgt_vocab: int):
                   dropout=model.dropout, norm_first=model.norm_first,
                   share_embeddings=model.share_embeddings, tie_generator=model.tie_generator,
                   max_len=model.max_len, attn_dropout=model.attn_dropout,
-                  decoder_layers=model.decoder_layers)
+                  decoder_layers=model.decoder_layers, aggregator=model.aggregator)
+    if model.kind == "universal":
+        # One shared layer applied up to max_depth times: layers/decoder_layers do not apply.
+        from .universal import make_universal_model
+        for key in ("layers", "decoder_layers"):
+            kwargs.pop(key)
+        return make_universal_model(src_vocab, tgt_vocab, max_depth=model.max_depth,
+                                    act_threshold=model.act_threshold, ponder_weight=model.ponder_weight,
+                                    halting=model.halting, **kwargs)
     if model.kind != "standard":
         raise ValueError(f"model.kind: {model.kind!r} is not available in this build")
     return make_model(src_vocab, tgt_vocab, **kwargs)

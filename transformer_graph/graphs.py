@@ -119,14 +119,19 @@ def pair_edges(fn: EdgeFn, n_keys: int, n_queries: int, causal_check: bool = Fal
         raise ValueError(f"attention structure {name!r} returned {keys.numel()} key indices "
                          f"but {queries.numel()} query indices for (n_keys={n_keys}, n_queries={n_queries})")
     if keys.numel() and (keys.min() < 0 or keys.max() >= n_keys):
+        bad = int(keys[(keys < 0) | (keys >= n_keys)][0])
         raise ValueError(f"attention structure {name!r} returned key index out of range [0, {n_keys}) "
-                         f"for (n_keys={n_keys}, n_queries={n_queries})")
+                         f"(got key {bad}) for (n_keys={n_keys}, n_queries={n_queries})")
     if queries.numel() and (queries.min() < 0 or queries.max() >= n_queries):
+        bad = int(queries[(queries < 0) | (queries >= n_queries)][0])
         raise ValueError(f"attention structure {name!r} returned query index out of range "
-                         f"[0, {n_queries}) for (n_keys={n_keys}, n_queries={n_queries})")
-    if causal_check and bool((keys > queries + (n_keys - n_queries)).any()):
+                         f"[0, {n_queries}) (got query {bad}) for (n_keys={n_keys}, n_queries={n_queries})")
+    future = keys > queries + (n_keys - n_queries)
+    if causal_check and bool(future.any()):
+        j, i = int(keys[future][0]), int(queries[future][0]) + n_keys - n_queries
         raise ValueError(f"attention structure {name!r} connects a future target position to an "
-                         f"earlier one (key j > query i) in the decoder, for n={n_queries}")
+                         f"earlier one (key j > query i) in the decoder: edge {j} -> {i}, for "
+                         f"n={n_queries}; decoder structures must be causal")
     # Every query must receive at least one message, or softmax has nothing to normalise.
     if n_queries and torch.bincount(queries, minlength=n_queries).min() == 0:
         raise ValueError(f"attention structure {name!r} leaves a query node with no incoming edge "
@@ -199,3 +204,8 @@ def build_graphs(src_lens: Sequence[int], tgt_lens: Sequence[int], spec: GraphSp
         dec=batch_graph(spec.fn("dec"), tgt_lens, tgt_lens, device, causal_check=True),
         cross=batch_graph(spec.fn("cross"), src_lens, tgt_lens, device),
     )
+
+
+# The window/dilated/global_window families register themselves in the registry above;
+# importing them here makes their names available wherever graphs is imported.
+from . import structures  # noqa: E402,F401  (needs every name above)

@@ -16,6 +16,9 @@ from torch import nn
 from .attention import GraphAttention
 
 KVHook = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
+# Builds a layer's attention blocks as cls(d_model, heads, attn_dropout): GraphAttention or
+# any module with its interface (see transformer_graph.aggregators).
+AttentionFactory = Callable[[int, int, float], nn.Module]
 
 
 class FeedForward(nn.Module):
@@ -53,10 +56,11 @@ class EncoderLayer(nn.Module):
     """Self-attention on the complete source graph, then the MLP update."""
 
     def __init__(self, d_model: int, heads: int, d_ff: int, dropout: float = 0.1,
-                 norm_first: bool = True, attn_dropout: float | None = None):
+                 norm_first: bool = True, attn_dropout: float | None = None,
+                 attention_cls: AttentionFactory = GraphAttention):
         super().__init__()
         attn_dropout = dropout if attn_dropout is None else attn_dropout
-        self.self_attn = GraphAttention(d_model, heads, attn_dropout)
+        self.self_attn = attention_cls(d_model, heads, attn_dropout)
         self.ffn = FeedForward(d_model, d_ff, dropout)
         self.res_attn = Residual(d_model, dropout, norm_first)
         self.res_ffn = Residual(d_model, dropout, norm_first)
@@ -65,8 +69,15 @@ class EncoderLayer(nn.Module):
         """gamma's MLP half (the attention half is applied in :meth:`forward`)."""
         return self.res_ffn.out(x, self.ffn(self.res_ffn.inp(x)))
 
-    def forward(self, graph, x: torch.Tensor, need_weights: bool = False):
-        a, w = self.self_attn(graph, self.res_attn.inp(x), need_weights=need_weights)
+    def forward(self, graph, x: torch.Tensor, need_weights: bool = False, self_kv: KVHook | None = None):
+        """``self_kv`` (optional, as in :class:`DecoderLayer`) maps the keys/values of the
+        nodes ``x`` to those of every key node of ``graph``: the Universal Transformer
+        runs only its still-active nodes while halted ones keep serving as keys."""
+        if self_kv is None:
+            a, w = self.self_attn(graph, self.res_attn.inp(x), need_weights=need_weights)
+        else:
+            q, k, v = self.self_attn.project_qkv(self.res_attn.inp(x))
+            a, w = self.self_attn.attend(graph, q, *self_kv(k, v), need_weights)
         return self.update(self.res_attn.out(x, a)), w
 
 
@@ -81,11 +92,12 @@ class DecoderLayer(nn.Module):
     """
 
     def __init__(self, d_model: int, heads: int, d_ff: int, dropout: float = 0.1,
-                 norm_first: bool = True, attn_dropout: float | None = None):
+                 norm_first: bool = True, attn_dropout: float | None = None,
+                 attention_cls: AttentionFactory = GraphAttention):
         super().__init__()
         attn_dropout = dropout if attn_dropout is None else attn_dropout
-        self.self_attn = GraphAttention(d_model, heads, attn_dropout)
-        self.cross_attn = GraphAttention(d_model, heads, attn_dropout)
+        self.self_attn = attention_cls(d_model, heads, attn_dropout)
+        self.cross_attn = attention_cls(d_model, heads, attn_dropout)
         self.ffn = FeedForward(d_model, d_ff, dropout)
         self.res_self = Residual(d_model, dropout, norm_first)
         self.res_cross = Residual(d_model, dropout, norm_first)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .aggregators import get_aggregator
 from .batch import GraphBatch
 from .layers import Decoder, DecoderLayer, Encoder, EncoderLayer
 
@@ -62,8 +63,10 @@ class GraphTransformer(nn.Module):
     def __init__(self, src_vocab: int, tgt_vocab: int, layers: int = 6, d_model: int = 512,
                  d_ff: int = 2048, heads: int = 8, dropout: float = 0.1, norm_first: bool = True,
                  share_embeddings: bool = False, tie_generator: bool = False, max_len: int = 512,
-                 attn_dropout: float | None = None, decoder_layers: int | None = None):
+                 attn_dropout: float | None = None, decoder_layers: int | None = None,
+                 aggregator: str = "attention"):
         super().__init__()
+        attention_cls = get_aggregator(aggregator)  # phi/□ of every attention block
         for name, value in (("src_vocab", src_vocab), ("tgt_vocab", tgt_vocab), ("layers", layers),
                             ("d_model", d_model), ("d_ff", d_ff), ("heads", heads), ("max_len", max_len)):
             if not isinstance(value, int) or value < 1:
@@ -78,13 +81,14 @@ class GraphTransformer(nn.Module):
         self.config = dict(src_vocab=src_vocab, tgt_vocab=tgt_vocab, layers=layers, d_model=d_model,
                            d_ff=d_ff, heads=heads, dropout=dropout, norm_first=norm_first,
                            share_embeddings=share_embeddings, tie_generator=tie_generator,
-                           max_len=max_len, attn_dropout=attn_dropout, decoder_layers=decoder_layers)
+                           max_len=max_len, attn_dropout=attn_dropout, decoder_layers=decoder_layers,
+                           aggregator=aggregator)
         self.d_model = d_model
         self.src_embed = TokenEmbedding(src_vocab, d_model, "src")
         self.tgt_embed = self.src_embed if share_embeddings else TokenEmbedding(tgt_vocab, d_model, "tgt")
         self.pos = PositionalEncoding(d_model, max_len)
         self.embed_dropout = nn.Dropout(dropout)
-        args = (d_model, heads, d_ff, dropout, norm_first, attn_dropout)
+        args = (d_model, heads, d_ff, dropout, norm_first, attn_dropout, attention_cls)
         self.encoder = Encoder(lambda: EncoderLayer(*args), layers, d_model, final_norm=norm_first)
         self.decoder = Decoder(lambda: DecoderLayer(*args), decoder_layers or layers, d_model,
                                final_norm=norm_first)

@@ -23,6 +23,8 @@ import torch
 from .checkpoint import atomic_save, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, config_from_dict, config_to_dict, save_config
 from .data import Batcher, Vocab, collate
+from .distributed import (Collectives, evaluators, local_device, restore_rank_rng, resume_position, seed_rank,
+                          step_denominators, wrap_model)
 from .evaluation import decode_dataset, evaluate_loss, exact_match
 from .experiment import Experiment, build_experiment, build_model, vocab_paths
 from .loss import label_smoothed_loss, token_correct
@@ -78,6 +80,10 @@ class Trainer:
         if t.threads:
             torch.set_num_threads(t.threads)
         self.device = resolve_device(t.device)
+        if world_size > 1:
+            self.device = local_device(self.device)  # this rank's GPU under torchrun
+        self.comm = Collectives(rank, world_size, self.device)
+        self._rng_ranks = None  # every rank's RNG state, gathered before each checkpoint
         self.progress = Progress()
         ckpt = None
         if resume:
@@ -90,7 +96,12 @@ class Trainer:
         torch.manual_seed(t.seed)
         random.seed(t.seed)
         self.exp: Experiment = build_experiment(cfg, vocabs)
+        if cfg.viz.example is not None:  # fail now, not after the first epoch
+            from .viz import check_example
+            check_example(self.exp, cfg.viz.example, "valid")
         self.model = build_model(cfg.model, len(self.exp.src_vocab), len(self.exp.tgt_vocab)).to(self.device)
+        if world_size > 1:  # same initial weights everywhere (seeded above), dropout differs per rank
+            seed_rank(t.seed, rank)
         self.optimizer = self._make_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, noam_lambda(cfg.model.d_model, cfg.optim.factor, cfg.optim.warmup))
@@ -101,6 +112,8 @@ class Trainer:
         self.train_batches = self.batcher if world_size == 1 else self.batcher.shard(rank, world_size)
         if ckpt is not None:
             self._restore(ckpt)
+        if world_size > 1:  # after the restore: DDP broadcasts rank 0's (restored) weights
+            self.model = wrap_model(self.model, self.device)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
@@ -122,7 +135,10 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.progress = Progress(**ckpt["progress"])
-        set_rng_state(ckpt["rng"])
+        # batch_in_epoch counts per-rank batches of the world size the checkpoint was written with.
+        p = self.progress
+        p.batch_in_epoch = resume_position(p.batch_in_epoch, int(ckpt.get("world_size", 1)), self.world_size)
+        restore_rank_rng(ckpt, self.rank, self.world_size, self.cfg.train.seed, p.step)
 
     @property
     def writer(self):
@@ -149,10 +165,18 @@ class Trainer:
         return dict(model=model.state_dict(), optimizer=self.optimizer.state_dict(),
                     scheduler=self.scheduler.state_dict(), rng=rng_state(),
                     progress=vars(self.progress).copy(), config=config_to_dict(self.cfg),
-                    src_vocab=self.exp.src_vocab.to_dict(), tgt_vocab=self.exp.tgt_vocab.to_dict())
+                    src_vocab=self.exp.src_vocab.to_dict(), tgt_vocab=self.exp.tgt_vocab.to_dict(),
+                    **({"world_size": self.world_size, "rng_ranks": self._rng_ranks} if self.world_size > 1 else {}))
+
+    def gather_rng(self) -> None:
+        """Collect every rank's RNG state for the next checkpoint (a collective: all ranks call it)."""
+        if self.world_size > 1:
+            self._rng_ranks = self.comm.gather(rng_state())
 
     def save(self, name: str) -> Path:
+        """Write ``RUN_DIR/name`` on rank 0; under torchrun every rank must call it."""
         path = self.run_dir / name
+        self.gather_rng()
         if self.is_main:
             save_checkpoint(path, **self.checkpoint_state())
         return path
@@ -186,6 +210,8 @@ class Trainer:
                 p.batch_in_epoch += len(group)
                 p.step += 1
                 p.elapsed = time.time() - start
+                if t.max_time is not None:  # every rank must stop after the same step: rank 0's clock rules
+                    p.elapsed = self.comm.broadcast_value(p.elapsed)
                 bar.update(len(group))
                 rate = sums["nodes"] / max(time.time() - epoch_start, 1e-9)
                 bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{rate:.0f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
@@ -198,6 +224,7 @@ class Trainer:
                 if stop_reason:
                     break
             bar.close()
+            sums = self.comm.sum_dict(sums)  # the epoch's training metrics over all ranks
             n = max(sums["tokens"], 1)
             train_metrics = {"loss": sums["loss"] / n, "acc": sums["correct"] / n,
                              "tokens_per_s": sums["nodes"] / max(time.time() - epoch_start, 1e-9)}
@@ -213,6 +240,10 @@ class Trainer:
         o = self.cfg.optim
         self.optimizer.zero_grad(set_to_none=True)
         total_loss, total_tokens = 0.0, 0
+        # Under DDP each batch's loss sum is divided by (global target tokens / world size): DDP's
+        # gradient average is then exactly the single-process gradient over all ranks' tokens.
+        denoms = (step_denominators(self.comm, [sum(len(train.pairs[j][1]) + 1 for j in idx) for idx in group])
+                  if self.world_size > 1 else None)
         for i, idx in enumerate(group):
             batch = collate(train, idx, self.exp.spec, self.device)
             sync = i == len(group) - 1
@@ -229,7 +260,11 @@ class Trainer:
                         f"{self.progress.step + 1}; stopping. The last good checkpoint "
                         f"{self.run_dir / 'last.pt'} is intact (try a smaller optim.factor or "
                         f"set optim.clip_grad)")
-                (loss / len(group)).backward()
+                main = loss if denoms is None else loss_sum / denoms[i]
+                # A loss term the model computes in its forward pass (the Universal Transformer's
+                # weighted ACT ponder cost, see transformer_graph.universal); None for others.
+                aux = getattr(getattr(self.model, "module", self.model), "aux_loss", None)
+                ((main if aux is None else main + aux) / len(group)).backward()
             total_loss += float(loss_sum)
             total_tokens += ntok
             sums["loss"] += float(loss_sum)
@@ -252,31 +287,36 @@ class Trainer:
         if len(valid) == 0:
             return {}
         d = cfg.data
-        metrics = evaluate_loss(model, valid, exp.spec, batch_size=None if d.max_tokens else d.batch_size,
-                                max_tokens=d.max_tokens, device=self.device, eps=cfg.optim.label_smoothing)
+        # Under torchrun every rank scores a share and the sums are all-reduced: single-process metrics.
+        evaluate, decode = evaluators(self.comm)
+        metrics = evaluate(model, valid, exp.spec, batch_size=None if d.max_tokens else d.batch_size,
+                           max_tokens=d.max_tokens, device=self.device, eps=cfg.optim.label_smoothing)
         metrics["score"] = -metrics["nll"]
         limit = cfg.eval.max_valid_sentences or len(valid)
         pairs = valid.pairs[:limit]
         v = exp.tgt_vocab
         if exp.translation and cfg.eval.bleu:
             from .evaluation import bleu_tokenized
-            hyps = decode_dataset(model, [s for s, _ in pairs], exp.spec, sos=v.sos, eos=v.eos,
-                                  max_len_a=cfg.eval.max_len_a, max_len_b=cfg.eval.max_len_b)
+            hyps = decode(model, [s for s, _ in pairs], exp.spec, sos=v.sos, eos=v.eos,
+                          max_len_a=cfg.eval.max_len_a, max_len_b=cfg.eval.max_len_b)
             refs = [t for _, t in exp.tokens["valid"][:limit]]
             metrics["bleu"] = bleu_tokenized([v.decode(h) for h in hyps], refs).score
             metrics["score"] = metrics["bleu"]
         elif not exp.translation and cfg.eval.exact_match:
-            hyps = decode_dataset(model, [s for s, _ in pairs], exp.spec, sos=v.sos, eos=v.eos,
-                                  max_len_a=cfg.eval.max_len_a, max_len_b=cfg.eval.max_len_b)
+            hyps = decode(model, [s for s, _ in pairs], exp.spec, sos=v.sos, eos=v.eos,
+                          max_len_a=cfg.eval.max_len_a, max_len_b=cfg.eval.max_len_b)
             metrics["exact_match"] = exact_match(hyps, [t for _, t in pairs])
             metrics["score"] = metrics["acc"] + metrics["exact_match"]
-        return metrics
+        return self.comm.broadcast(metrics)  # rank 0's numbers decide `best` on every rank
 
     def end_epoch(self, train_metrics: dict) -> None:
         p = self.progress
-        valid = self.validate() if self.is_main else {}
+        valid = self.validate()  # all ranks take part (sharded under torchrun) and get the same metrics
         self.log("epoch", **{f"train_{k}": v for k, v in train_metrics.items()},
                  **{f"valid_{k}": v for k, v in valid.items()})
+        pop_act = getattr(getattr(self.model, "module", self.model), "pop_act_stats", None)
+        if pop_act is not None:  # Universal Transformer: fraction of nodes entering each step this epoch
+            self.log("act", **pop_act())
         p.history.append({"epoch": p.epoch + 1, "step": p.step, "time": round(p.elapsed, 1),
                           **{f"train_{k}": v for k, v in train_metrics.items()},
                           **{f"valid_{k}": v for k, v in valid.items()}})
@@ -288,6 +328,7 @@ class Trainer:
             p.best, p.best_epoch = valid["score"], p.epoch + 1
         p.epoch += 1
         p.batch_in_epoch = 0
+        self.gather_rng()
         if self.is_main:
             state = self.checkpoint_state()
             save_checkpoint(self.run_dir / "last.pt", **state)
@@ -299,6 +340,10 @@ class Trainer:
                 old = self.run_dir / f"epoch{p.epoch - keep}.pt"
                 if old.exists():
                     old.unlink()
+        if self.is_main and self.cfg.viz.example is not None:
+            # Attention of the chosen example, for scripts/visualize.py --animate (no RNG used).
+            from .viz import save_snapshot
+            save_snapshot(getattr(self.model, "module", self.model), self.exp, self.cfg.viz, self.run_dir, p.epoch)
 
     def summary(self, stop_reason: str) -> dict:
         p = self.progress

@@ -1,0 +1,104 @@
+"""The ablation driver: its grid, one real (tiny) row through the Trainer, and its reports."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from transformer_graph.ablation import (INTERPRETATION_END, INTERPRETATION_START, PLACEHOLDER, ROOT, Row,
+                                        grid, main, row_config, run_row, write_reports)
+from transformer_graph.experiment import graph_spec, load_trained
+from transformer_graph.structures import Structure
+
+torch.set_num_threads(1)
+
+TINY = ["model.layers=1", "model.d_model=32", "model.d_ff=64", "model.heads=2", "data.train_size=64",
+        "data.valid_size=8", "data.test_size=8", "data.batch_size=16", "data.length_mean=6",
+        "data.alphabet=abcdefgh", "optim.warmup=10"]
+
+
+def test_grid_has_the_issues_rows_for_every_task():
+    rows = grid(["copy", "sort"])
+    assert len(rows) == 12
+    copy = [(r.aggregator, r.structure) for r in rows if r.task == "copy"]
+    assert copy == [("attention", "complete"), ("mean", "complete"), ("gat", "complete"),
+                    ("attention", "window w=3"), ("attention", "window w=8"),
+                    ("attention", "global+window w=3 g=1")]
+    assert len({r.slug for r in rows}) == 12
+    with pytest.raises(ValueError, match="--tasks: unknown task 'cpy'"):
+        grid(["cpy"])
+
+
+@pytest.mark.parametrize("restrict_cross", [False, True])
+def test_every_row_makes_a_valid_config_with_the_intended_graphs(restrict_cross):
+    for row in grid(["copy", "sort", "multi30k"], restrict_cross):
+        cfg = row_config(row, budget=7, threads=1, extra=[], config_dir=ROOT / "configs")
+        assert cfg.train.max_time == 7 and cfg.train.threads == 1
+        assert cfg.model.aggregator == row.aggregator
+        assert cfg.data.task == row.task
+        spec = graph_spec(cfg.model)
+        if row.structure == "complete":
+            assert (spec.enc, spec.dec, spec.cross) == ("complete", "causal", "complete")
+            continue
+        assert isinstance(spec.enc, Structure) and spec.enc.mode == "self"
+        assert isinstance(spec.dec, Structure) and spec.dec.mode == "causal"
+        assert spec.enc.window == (8 if "w=8" in row.structure else 3)
+        if restrict_cross:
+            assert isinstance(spec.cross, Structure) and spec.cross.mode == "aligned"
+        else:
+            assert spec.cross == "complete"
+
+
+def test_one_tiny_row_end_to_end(tmp_path):
+    row = Row("copy", "gat", "window w=3", ("model.aggregator=gat", "model.structure.enc=window",
+                                            "model.structure.dec=window", "model.structure.window=3"))
+    r = run_row(row, budget=1.0, threads=1, runs_dir=tmp_path, extra=TINY)
+    assert r["stopped_by"] == "max_time=1.0s"
+    assert r["steps"] >= 1 and r["train_tokens"] > 0
+    assert (tmp_path / row.slug / "config.yaml").exists()
+    model, cfg, _, _ = load_trained(tmp_path / row.slug / "last.pt")   # what the row trained
+    assert cfg.model.aggregator == "gat" and cfg.train.max_time == 1.0
+    assert r["params"] == sum(p.numel() for p in model.parameters())
+    assert 0 <= r["valid_acc"] <= 1 and 0 <= r["valid_exact_match"] <= 1
+    assert r["decoded_sentences"] == 8
+    by_kind = r["edges_per_token_by_kind"]
+    assert r["edges_per_token"] == pytest.approx(sum(by_kind.values()))
+    assert by_kind["enc"] < by_kind["cross"]        # windowed encoder vs complete cross-attention
+    assert r["wall_s"] >= r["train_time_s"] > 0
+
+
+def fake_result(task, agg, structure, **kw):
+    base = dict(task=task, aggregator=agg, structure=structure, overrides=[], budget_s=5.0, params=1234,
+                steps=10, train_tokens_per_s=999.0, edges_per_token=12.5, valid_acc=0.5, wall_s=7.0)
+    return {**base, **kw}
+
+
+def test_reports_are_written_and_keep_the_interpretation(tmp_path):
+    results = [fake_result("copy", "attention", "complete", valid_exact_match=0.25),
+               fake_result("copy", "mean", "complete", valid_exact_match=0.0, train_tokens_per_s=None),
+               fake_result("multi30k", "gat", "complete", valid_bleu=12.34)]
+    meta = {"budget_s": 5.0, "threads": 1, "restrict_cross": False, "machine": "m", "torch": "t",
+            "command": "python scripts/ablation.py --budget 5"}
+    paths = write_reports(results, meta, tmp_path)
+    md = paths["md"].read_text()
+    assert "| copy | attention | complete | 50.0% | 25.0% | 999 | 12.50 | 1,234 | 10 | 7 |" in md
+    assert "| copy | mean | complete | 50.0% | 0.0% | – |" in md
+    assert "BLEU 12.34" in md and "### multi30k" in md and "![ablation](ablation.png)" in md
+    assert PLACEHOLDER in md
+    assert paths["png"].stat().st_size > 1000
+    assert json.loads(paths["json"].read_text())["results"][2]["valid_bleu"] == 12.34
+    # The lead writes the interpretation; regenerating the tables keeps it.
+    paths["md"].write_text(md.replace(PLACEHOLDER, "Attention wins."))
+    write_reports(results[:1], meta, tmp_path)
+    md = paths["md"].read_text()
+    assert f"{INTERPRETATION_START}\nAttention wins.\n{INTERPRETATION_END}" in md
+    assert "### multi30k" not in md
+
+
+def test_cli_rejects_bad_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["--tasks", "copy,nope", "--out", "/nonexistent"])
+    assert "unknown task 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--budget", "0"])

@@ -1,0 +1,105 @@
+"""Where time and memory go: peak tensor memory of a call, and the profiler's top ops.
+
+Peak memory on CPU. ``resource.getrusage`` and ``VmHWM`` see the whole process
+and glibc's allocator keeps freed memory mapped (so a step that reuses memory a
+previous one freed shows no growth), and ``tracemalloc`` sees only Python
+objects. PyTorch's profiler, with ``profile_memory=True``, records an event for
+every allocation and free of PyTorch's CPU (and CUDA) allocator, with its size.
+Summing those events in time order gives the bytes of live tensors at every
+moment; :func:`peak_memory` reports the highest value reached during the call,
+above what was live when it started. That counts every tensor of both the
+graph and the dense model (DGL's PyTorch backend allocates its kernels' outputs
+as PyTorch tensors), independent of allocator caching, in one process.
+
+What it does not see: memory allocated outside PyTorch. For the graph model that
+is DGL's own index arrays of the attention graphs (COO/CSR/CSC, int32), which
+:func:`graph_index_bytes` counts exactly from the formats each graph created.
+On CUDA, ``torch.cuda.max_memory_allocated`` is the same measure and is used
+instead.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+
+@dataclass
+class MemoryPeak:
+    peak_bytes: int        # highest live tensor bytes during the call, above the start
+    end_bytes: int         # live bytes at the end, above the start (e.g. new optimizer state)
+    method: str            # how it was measured
+
+
+def _quiet_profile(**kwargs):
+    # Kineto prints "STAGE:..." lines and torch warns about an empty trace on CPU;
+    # neither is useful inside a benchmark.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return profile(**kwargs)
+
+
+def peak_memory(fn: Callable[[], Any], device: torch.device | str = "cpu") -> tuple[Any, MemoryPeak]:
+    """Run ``fn()`` once and return (its result, the peak tensor memory it needed)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out, MemoryPeak(torch.cuda.max_memory_allocated(device) - start,
+                               torch.cuda.memory_allocated(device) - start,
+                               "torch.cuda.max_memory_allocated")
+    with _quiet_profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+    events = [e for e in prof.profiler.kineto_results.events()
+              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    # Python's sort is stable: events of the same microsecond keep their recorded order.
+    events.sort(key=lambda e: e.start_us())
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return out, MemoryPeak(peak, live, "torch.profiler allocation events (profile_memory=True)")
+
+
+_FORMAT_ARRAYS = {
+    # format -> arrays of int32 it stores, as a function of (edges, src nodes, dst nodes)
+    "coo": lambda e, ns, nd: 2 * e,
+    "csr": lambda e, ns, nd: (ns + 1) + 2 * e,     # indptr, indices, edge ids
+    "csc": lambda e, ns, nd: (nd + 1) + 2 * e,
+}
+
+
+def graph_index_bytes(graph) -> int:
+    """Bytes of the sparse formats ``graph`` has materialised (DGL allocations)."""
+    created = graph.formats()["created"]
+    e, ns, nd = graph.num_edges(), graph.num_src_nodes(), graph.num_dst_nodes()
+    itemsize = 4 if graph.idtype == torch.int32 else 8
+    return sum(_FORMAT_ARRAYS[f](e, ns, nd) * itemsize for f in created)
+
+
+@dataclass
+class OpShare:
+    name: str
+    self_ms: float        # time spent in the op itself (not its children), in ms per call of fn
+    share: float          # fraction of the total self time
+    calls: int
+
+
+def top_ops(fn: Callable[[], Any], n: int = 15, repeats: int = 1) -> tuple[list[OpShare], float]:
+    """The ``n`` ops with the most self CPU time over ``repeats`` calls of ``fn``,
+    and the total self time per call in ms (what the shares are fractions of)."""
+    with _quiet_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            fn()
+    rows = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in rows)
+    rows.sort(key=lambda e: -e.self_cpu_time_total)
+    ops = [OpShare(e.key, e.self_cpu_time_total / 1e3 / repeats, e.self_cpu_time_total / max(total, 1),
+                   int(e.count // repeats)) for e in rows[:n]]
+    return ops, total / 1e3 / repeats
