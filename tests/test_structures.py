@@ -545,3 +545,22 @@ def test_the_standard_models_weights_keep_their_names():
     assert "decoder.layers.1.cross_attn.out_proj.bias" in keys
     assert keys == set(make_model(SRC_VOCAB, TGT_VOCAB, aggregator="attention", **SMALL).state_dict())
     assert make_model(SRC_VOCAB, TGT_VOCAB, **SMALL).config["aggregator"] == "attention"
+
+
+@pytest.mark.parametrize("aggregator", AGGREGATORS)
+def test_attention_pictures_show_exactly_the_structures_edges(aggregator):
+    from transformer_graph.viz import extract_attention
+
+    model = small_model(aggregator)
+    structure = structure_cfg(enc="global_window", dec="dilated", cross="window", window=1, dilation=2)
+    spec = spec_from_config(structure)
+    src, tgt = [3, 4, 5, 6, 7, 8, 9], [10, 11, 12, 13, 14]
+    maps = extract_attention(model, src, tgt, spec)
+    n, m = len(src), len(tgt) + 1
+    expect = {"enc": spec.enc.mask(n, n), "dec": spec.dec.mask(m, m), "cross": spec.cross.mask(n, m)}
+    for kind, mask in expect.items():
+        assert torch.equal(maps.edges[kind], mask)
+        assert maps.num_heads(kind) == SMALL["heads"] and maps.num_layers(kind) == SMALL["layers"]
+        w = maps.weights[kind]                                   # (layers, heads, queries, keys)
+        assert bool((w[..., ~mask] == 0).all())
+        torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]))

@@ -203,10 +203,9 @@ def test_gradient_accumulation_equals_double_batch_for_equal_lengths(tmp_path):
     loss_b = b.train_step(train, [b1 + b2], pad, sums_b)
     assert loss_a == pytest.approx(loss_b, rel=1e-6)
     ga, gb = _grads(a.model), _grads(b.model)
-    for k in ga:
-        torch.testing.assert_close(ga[k], gb[k], rtol=1e-5, atol=1e-7)
-    for k, v in params(a).items():
-        torch.testing.assert_close(v, params(b)[k], rtol=1e-5, atol=1e-6)
+    for k in ga:  # (parameters are not compared: Adam's first step is ~sign(grad), which float
+        torch.testing.assert_close(ga[k], gb[k], rtol=1e-5, atol=1e-7)  # noise flips near 0)
+    assert a.progress.step == b.progress.step == 0  # train_step alone does not advance the run
     assert sums_a["tokens"] == sums_b["tokens"] and sums_a["correct"] == sums_b["correct"]
 
 
@@ -227,7 +226,6 @@ def test_gradient_accumulation_averages_per_batch_means(tmp_path):
             if p.grad is not None:
                 ref[k] += p.grad / len(group)
     sums = {"loss": 0.0, "nll": 0.0, "correct": 0, "tokens": 0, "nodes": 0}
-    tr.optimizer.step = lambda: None  # keep the parameters where the reference computed them
     tr.train_step(train, group, pad, sums)
     got = _grads(tr.model)
     assert got.keys() <= ref.keys() and got
@@ -264,7 +262,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path):
     tr.model.forward = forward
     with pytest.raises(TrainingError, match=r"non-finite loss \(nan\) at epoch 2, step 9") as err:
         tr.fit()
-    assert str(run / "last.pt") in str(err.value)
+    assert f"The last good checkpoint {run / 'last.pt'} is intact" in str(err.value)
     assert (run / "last.pt").read_bytes() == before
     assert (run / "best.pt").read_bytes() == best_before
     assert load_checkpoint(run / "last.pt")["progress"]["step"] == 6
@@ -275,8 +273,10 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path):
 def test_huge_learning_rate_diverges_into_training_error(tmp_path):
     """A real divergence (no monkeypatching): an absurd learning rate gives inf/NaN losses."""
     cfg = cfg_of(**{"optim.factor": 1e30, "optim.warmup": 1, "train.max_epochs": 3})
-    with pytest.raises(TrainingError, match="non-finite loss"):
+    with pytest.raises(TrainingError, match="non-finite loss") as err:
         Trainer(cfg, tmp_path / "run", quiet=True).fit()
+    assert "epoch 1" in str(err.value) and "No checkpoint was written yet" in str(err.value)
+    assert not (tmp_path / "run" / "last.pt").exists()
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -449,9 +449,9 @@ def _script(name: str, *args: str, cwd: Path, stdin: str | None = None):
 
 
 def test_train_and_evaluate_scripts_end_to_end(tmp_path):
+    """The real scripts as subprocesses: train with --set overrides, evaluate with --json."""
     config = tmp_path / "tiny.yaml"
-    raw = tiny(**{"train.max_epochs": 1})
-    config.write_text(yaml.safe_dump(raw))
+    config.write_text(yaml.safe_dump(tiny(**{"train.max_epochs": 1})))
     run = tmp_path / "run"
     r = _script("train.py", "--config", str(config), "--set", "train.max_epochs=2", "--set", "model.d_ff=48",
                 "--run-dir", str(run), "--quiet", cwd=tmp_path)
@@ -467,39 +467,47 @@ def test_train_and_evaluate_scripts_end_to_end(tmp_path):
                 cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     result = json.loads(out.read_text())
-    assert result["metrics"]["split"] == "valid"
-    assert 0.0 <= result["metrics"]["exact_match"] <= 1.0 and "acc" in result["metrics"]
-    assert Path(result["hypotheses"]).is_file()
-    assert len(Path(result["hypotheses"]).read_text().splitlines()) == 16
-    assert "exact_match" in r.stdout
+    m = result["metrics"]
+    assert m["split"] == "valid" and 0.0 <= m["exact_match"] <= 1.0 and 0.0 <= m["acc"] <= 1.0
+    hyps = Path(result["hypotheses"]).read_text().splitlines()
+    assert len(hyps) == 16 and result["checkpoint"] == str(run / "best.pt")
+    assert f"exact_match      {m['exact_match']:.4f}" in r.stdout
 
-    # Resuming a finished run with a higher epoch limit continues it.
-    r = _script("train.py", "--resume", str(run), "--set", "train.max_epochs=3", "--quiet", "--no-test",
-                cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert [e["epoch"] for e in records(run, "epoch")] == [0, 1, 2]
+    # --resume of the finished run with a higher epoch limit continues it (in-process: same code path).
+    from transformer_graph.cli import train_main
+    summary = train_main(["--resume", str(run), "--set", "train.max_epochs=3", "--quiet", "--no-test"])
+    assert summary["epochs"] == 3 and [e["epoch"] for e in records(run, "epoch")] == [0, 1, 2]
+    # A new run into a directory that already holds one is refused.
+    with pytest.raises(SystemExit) as exit_:
+        train_main(["--config", str(config), "--run-dir", str(run)])
+    assert exit_.value.code == 2
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--config", "missing.yaml"], "missing.yaml: config file not found"),
-    (["--config", "{cfg}", "--set", "model.layrs=2"], "did you mean 'layers'"),
+    (["--config", "missing.yaml"], "error: missing.yaml: config file not found\n"),
+    (["--config", "{cfg}", "--set", "model.layrs=2"], "--set model.layrs=2: model.layrs: unknown key; did you mean 'layers'?"),
     (["--config", "{cfg}", "--set", "optim.warmup=-5"], "optim.warmup: expected a positive integer, got -5"),
     (["--config", "{cfg}", "--set", "nonsense"], "expected dotted.key=value"),
+    (["--config", "{cfg}", "--set", "model.layers=[1"], "model.layers: expected a YAML value"),
     (["--resume", "{tmp}/nowhere"], "no config.yaml"),
 ])
-def test_train_script_bad_input_exits_with_message(tmp_path, args, message):
+def test_train_cli_bad_input_exits_with_message(tmp_path, capsys, args, message):
+    from transformer_graph.cli import train_main
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny()))
-    args = [a.format(cfg=config, tmp=tmp_path) for a in args]
-    r = _script("train.py", *args, cwd=tmp_path)
-    assert r.returncode != 0
-    assert message in r.stderr
-    assert "Traceback" not in r.stderr and r.stderr.startswith("error: ")
+    with pytest.raises(SystemExit) as exit_:  # SystemExit: the interpreter prints no traceback
+        train_main([a.format(cfg=config, tmp=tmp_path) for a in args])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
 
 
-def test_evaluate_script_bad_checkpoint(tmp_path):
+def test_evaluate_cli_bad_checkpoint(tmp_path, capsys):
+    from transformer_graph.cli import evaluate_main
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint at all")
-    r = _script("evaluate.py", "--checkpoint", str(bad), cwd=tmp_path)
-    assert r.returncode != 0 and "Traceback" not in r.stderr
-    assert str(bad) in r.stderr and "not a readable transformer_graph checkpoint" in r.stderr
+    with pytest.raises(SystemExit) as exit_:
+        evaluate_main(["--checkpoint", str(bad)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "not a readable transformer_graph checkpoint" in err

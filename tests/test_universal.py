@@ -32,7 +32,8 @@ SMALL = dict(d_model=32, d_ff=64, heads=4, dropout=0.0, max_len=64)
 
 
 def random_batch(k: int = 5, lo: int = 1, hi: int = 9):
-    src = [[random.randint(3, V - 1) for _ in range(n)] for n in [lo, hi] + [random.randint(lo, hi) for _ in range(k - 2)]]
+    lengths = [lo, hi] + [random.randint(lo, hi) for _ in range(k - 2)]
+    src = [[random.randint(3, V - 1) for _ in range(n)] for n in lengths]
     tgt = [[random.randint(3, V - 1) for _ in range(random.randint(lo, hi))] for _ in src]
     return make_batch(src, tgt, sos=SOS, eos=EOS), src
 

@@ -29,7 +29,7 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -269,11 +269,11 @@ def plot(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = list(dict.fromkeys(r["task"] for r in results))
-    fig, axes = plt.subplots(len(tasks), 2, figsize=(12, 3.2 * len(tasks)), squeeze=False)
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(13, 3.6 * len(tasks)), squeeze=False)
     colours = {"attention": "#4c72b0", "mean": "#dd8452", "gat": "#55a868"}
     for ax_q, ax_s, task in zip(axes[:, 0], axes[:, 1], tasks):
         rows = [r for r in results if r["task"] == task]
-        labels = [f"{r['aggregator']}\n{r['structure']}".replace(" g=", "\ng=") for r in rows]
+        labels = [f"{r['aggregator']}\n{r['structure']}".replace("window w=", "window\nw=") for r in rows]
         colour = [colours.get(r["aggregator"], "grey") if r["structure"] == "complete" else "#8172b3"
                   for r in rows]
         x = range(len(rows))
@@ -283,8 +283,10 @@ def plot(results: list[dict], path: Path) -> None:
             values, what = [100 * r.get("valid_exact_match", 0.0) for r in rows], "valid exact match %"
         ax_q.bar(x, values, color=colour)
         ax_q.plot(x, [100 * r["valid_acc"] for r in rows], "k_", markersize=18, label="token acc %")
-        ax_q.set_title(f"{task}: {what}", fontsize=10)
-        ax_q.legend(fontsize=8, loc="lower right")
+        ax_q.set_title(f"{task}: {what} (bars), token accuracy % (lines)", fontsize=10)
+        top = max(max(values), 100 * max(r["valid_acc"] for r in rows))
+        ax_q.set_ylim(0, 105 if what.endswith("%") else 1.1 * top + 1)
+        ax_q.legend(fontsize=8, loc="best")
         speeds = [r["train_tokens_per_s"] or 0.0 for r in rows]
         ax_s.bar(x, speeds, color=colour)
         for i, (r, speed) in enumerate(zip(rows, speeds)):

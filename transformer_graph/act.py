@@ -28,8 +28,9 @@ from .graphs import bipartite
 class HaltingUnit(nn.Module):
     """p = sigmoid(Linear(LayerNorm(state))), one probability per node.
 
-    The bias starts positive (Graves; the DGL tutorial uses 1.0): p is about 0.73
-    at first, so nodes halt after two steps until training says otherwise.
+    The bias starts positive (Graves; the DGL tutorial uses 1.0), shifting every
+    p towards halting; the weight gets the model's Xavier initialisation as in
+    the tutorial, so at first how long a node runs still depends on its state.
     """
 
     def __init__(self, d_model: int, bias_init: float = 1.0):
@@ -99,20 +100,23 @@ class ACTAccumulator:
 
     def __init__(self, n: int, like: torch.Tensor, threshold: float, max_depth: int):
         self.threshold, self.max_depth = threshold, max_depth
-        self.sum_p = like.new_zeros(n, dtype=torch.float32)
-        self.remainder = like.new_ones(n, dtype=torch.float32)
+        # Halting sums in at least float32 (bf16 would decide halting on 3 significant digits).
+        self.dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+        self.sum_p = like.new_zeros(n, dtype=self.dtype)
+        self.remainder = like.new_ones(n, dtype=self.dtype)
         self.steps = torch.zeros(n, dtype=torch.int64, device=like.device)
         self.output = torch.zeros_like(like)
 
     def update(self, ids: torch.Tensor, state: torch.Tensor, p: torch.Tensor, t: int) -> torch.Tensor:
         """Nodes ``ids`` (sorted) just finished step ``t`` (0-based) in ``state`` with
         halting probabilities ``p``; returns the ids of those that go on to step t + 1."""
-        sum_p = self.sum_p[ids] + p.float()
+        p = p.to(self.dtype)
+        sum_p = self.sum_p[ids] + p
         go_on = (sum_p < self.threshold) & (t + 1 < self.max_depth)
         # A continuing node's remainder is what is left for later steps; a halting node
         # keeps the remainder from before this step and spends it on this state.
         remainder = torch.where(go_on, 1.0 - sum_p, self.remainder[ids])
-        weight = p.float()
+        weight = torch.where(go_on, p, remainder)
         self.output = self.output.index_add(0, ids, (weight[:, None] * state).to(self.output.dtype))
         self.sum_p = self.sum_p.index_copy(0, ids, sum_p)
         self.remainder = self.remainder.index_copy(0, ids, remainder)

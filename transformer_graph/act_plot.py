@@ -72,6 +72,7 @@ def step_figure(tables: dict[str, np.ndarray], history: list[dict] | None = None
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     panels = len(tables) + (1 if history else 0)
     fig = Figure(figsize=(5.2 * panels, 3.8), layout="constrained")
@@ -100,21 +101,22 @@ def step_figure(tables: dict[str, np.ndarray], history: list[dict] | None = None
         twin.set_ylabel("mean steps", color="crimson", fontsize=9)
         overall = float((table * np.arange(1, depth + 1)).sum() / max(table.sum(), 1))
         ax.set_title(f"{side}: steps per position (mean {overall:.2f})", fontsize=10)
-        ax.legend(title="steps", fontsize=7, title_fontsize=7, loc="lower left", ncol=min(depth, 4))
+        ax.legend(title="steps", fontsize=7, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.1, 1.0))
     if history:
         ax = axes[-1]
-        epochs = [h.get("epoch", i) for i, h in enumerate(history)]
+        epochs = [h.get("epoch", i) + 1 for i, h in enumerate(history)]  # logged before the epoch count moves on
         for side, style in (("enc", "-"), ("dec", "--")):
-            for k in range(depth):
+            for k in range(1, depth):  # every node enters step 1: start at step 2
                 ys = [h.get(f"{side}_enter_{k + 1}") for h in history]
                 if all(y is not None for y in ys) and any(ys):
-                    ax.plot(epochs, ys, style, color=colors[k], label=f"{side} step {k + 1}" if side == "enc"
-                            or k == 0 else None)
-        ax.set_xlabel("epoch (training batches)", fontsize=9)
+                    ax.plot(epochs, ys, style, color=colors[k], marker=".",
+                            label=f"step {k + 1}" if side == "enc" else None)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch", fontsize=9)
         ax.set_ylabel("fraction of nodes entering step", fontsize=9)
         ax.set_ylim(0, 1.05)
         ax.set_title("computation during training (enc solid, dec dashed)", fontsize=10)
-        ax.legend(fontsize=6, ncol=2)
+        ax.legend(fontsize=7, ncol=2, title="entering", title_fontsize=7)
     if title:
         fig.suptitle(title, fontsize=11)
     return fig

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import sparse_attention
 from ._dgl import ops
 
 
@@ -85,9 +86,15 @@ class GraphAttention(nn.Module):
             # here), but DGL's CPU sparse kernels have no fast low-precision path (7x
             # slower measured): message passing runs in float32 and costs little.
             q, k, v = q.float(), k.float(), v.float()
-        out, weights = self.aggregate(graph, self.message(graph, q, k), v)
+        if sparse_attention.supports(graph, q):
+            # The same phi and □ on PyTorch's sparse CSR kernels: DGL's CPU kernels run
+            # multi-head features as a scalar loop (see transformer_graph.sparse_attention).
+            out, weights = sparse_attention.attend(graph, q, k, v, 1.0 / math.sqrt(self.d_k), self.dropout)
+        else:
+            out, weights = self.aggregate(graph, self.message(graph, q, k), v)
+            weights = weights.squeeze(-1)
         out = self.out_proj(out.reshape(out.shape[0], self.d_model))
-        return out, (weights.squeeze(-1).detach() if need_weights else None)
+        return out, (weights.detach() if need_weights else None)
 
     def forward(self, graph, x_query: torch.Tensor, x_key: torch.Tensor | None = None,
                 need_weights: bool = False):

@@ -26,7 +26,7 @@ def train_main(argv=None) -> dict:
     ap.add_argument("--no-test", action="store_true", help="skip the test-split evaluation at the end")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
-    from .distributed import Collectives, failures_explained, init_from_env, shutdown
+    from .distributed import Collectives, init_from_env, shutdown, worker_guard
     from .training import Trainer, TrainingError, format_summary
 
     dist_ctx = trainer = None
@@ -49,7 +49,8 @@ def train_main(argv=None) -> dict:
         rank, world_size = (dist_ctx.rank, dist_ctx.world_size) if dist_ctx else (0, 1)
         if dist_ctx is not None and not args.resume and not args.run_dir:
             run_dir = Collectives(rank, world_size).broadcast(run_dir)  # the timestamped name of rank 0
-        with failures_explained(dist_ctx, run_dir):
+        # A failing worker prints one message and exits at once, so torchrun stops the others.
+        with worker_guard(dist_ctx, run_dir, expected=(ConfigError, CheckpointError, TrainingError, ValueError)):
             trainer = Trainer(cfg, run_dir, resume=bool(args.resume), rank=rank, world_size=world_size,
                               quiet=args.quiet)
             summary = trainer.fit()

@@ -56,9 +56,12 @@ def _field(default: Any, doc: str, **rules: Any) -> Any:
 class StructureConfig:
     """Which attention graph each attention block uses; names are checked later
     against the graph-structure registry, so they are free strings here."""
-    enc: str = _field("complete", "Encoder self-attention graph structure.")
-    dec: str = _field("causal", "Decoder self-attention graph structure.")
-    cross: str = _field("complete", "Decoder-to-encoder (cross) attention graph structure.")
+    enc: str = _field("complete", "Encoder self-attention graph structure: complete, causal, window, dilated "
+                      "or global_window (transformer_graph/structures.py).")
+    dec: str = _field("causal", "Decoder self-attention graph structure: causal, window, dilated or "
+                      "global_window (always their causal variant).")
+    cross: str = _field("complete", "Decoder-to-encoder (cross) attention graph structure: complete, or window, "
+                        "dilated, global_window centred on the diagonal-aligned source position.")
     window: int = _field(8, "Neighbours on each side for windowed structures.", min=0)
     dilation: int = _field(2, "Step between attended positions for dilated structures.", min=1)
     global_tokens: int = _field(1, "Tokens that attend to / are attended by all others (global structures).", min=0)
@@ -81,7 +84,10 @@ class ModelConfig:
     tie_generator: Optional[bool] = _field(None, "Tie the output projection to the target embedding; null means "
                                            "tie exactly when embeddings are shared.")
     max_len: int = _field(512, "Longest sequence the positional-encoding table covers.", min=1)
-    aggregator: str = _field("attention", "How a node combines its incoming messages.",
+    embed_init_std: Optional[float] = _field(None, "Std of a normal init for token embeddings; null means "
+                                             "Xavier like every other matrix.", gt=0)
+    aggregator: str = _field("attention", "How a node combines its incoming messages: attention (softmax of "
+                             "q.k), mean (fully connected GCN, 1/in-degree) or gat (additive GAT scores).",
                              choices=("attention", "mean", "gat"))
     structure: StructureConfig = _field(StructureConfig, "Attention graph structures.")
     max_depth: int = _field(8, "Universal transformer: most recurrent steps per token.", min=1)

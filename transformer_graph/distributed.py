@@ -49,6 +49,8 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
+import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -188,14 +190,39 @@ def explain_failure(err: BaseException, ctx: DistContext, run_dir) -> Distribute
 
 
 @contextmanager
-def failures_explained(ctx: DistContext | None, run_dir) -> Iterator[None]:
-    """Turn a collective's backend error inside the block into :func:`explain_failure`'s message."""
+def worker_guard(ctx: DistContext | None, run_dir, expected: tuple = (ValueError,)) -> Iterator[None]:
+    """Under torchrun, end this process at once when the block fails, with one clear message.
+
+    A backend error (dead, hung or unreachable peer) becomes :func:`explain_failure`'s
+    message; an ``expected`` error prints as ``error: ...``; anything else prints its
+    traceback. The process then leaves through ``os._exit``: after a failed
+    collective the backend's threads can block the interpreter's shutdown forever,
+    and torchrun only reacts to a worker that has exited. Outside torchrun
+    (``ctx`` is None) the block runs unguarded.
+    """
+    if ctx is None:
+        yield
+        return
     try:
         yield
-    except RuntimeError as err:
-        if ctx is None or not is_comm_failure(err):
+    except SystemExit as err:
+        if err.code in (0, None):
             raise
-        raise explain_failure(err, ctx, run_dir) from None
+        _exit_now(err.code if isinstance(err.code, int) else 1)
+    except BaseException as err:  # noqa: BLE001 - every failure must end the worker
+        if is_comm_failure(err):
+            err = explain_failure(err, ctx, run_dir)
+        if isinstance(err, expected) or isinstance(err, DistributedError):
+            print(f"error: {err}", file=sys.stderr)
+            _exit_now(2)
+        traceback.print_exc()
+        _exit_now(1)
+
+
+def _exit_now(code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 # --------------------------------------------------------------------------

@@ -79,7 +79,8 @@ def build_model(model: ModelConfig, src_vocab: int, tgt_vocab: int):
                   dropout=model.dropout, norm_first=model.norm_first,
                   share_embeddings=model.share_embeddings, tie_generator=model.tie_generator,
                   max_len=model.max_len, attn_dropout=model.attn_dropout,
-                  decoder_layers=model.decoder_layers, aggregator=model.aggregator)
+                  decoder_layers=model.decoder_layers, aggregator=model.aggregator,
+                  embed_init_std=model.embed_init_std)
     if model.kind == "universal":
         # One shared layer applied up to max_depth times: layers/decoder_layers do not apply.
         from .universal import make_universal_model

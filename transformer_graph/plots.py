@@ -123,7 +123,8 @@ def heatmap_grid(matrices: Sequence, row_labels: Sequence[str], col_labels: Sequ
                           vmin=vmin, vmax=vmax, cmap=cmap, title=None if titles is None else titles[k],
                           xlabel=xlabel if r == rows - 1 else None, ylabel=ylabel if c == 0 else None,
                           show_labels=(True, c == 0))
-    cbar = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=min(1.0, 3.0 / max(rows * panel_h, 1e-9) + 0.5))
+    # Full height beside a short grid, about three quarters of a tall one.
+    cbar = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=min(1.0, 0.5 + 3.0 / (rows * panel_h)))
     cbar.set_label(colorbar_label, fontsize=FONT_SIZE)
     cbar.ax.tick_params(labelsize=FONT_SIZE)
     if suptitle:

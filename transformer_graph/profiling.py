@@ -19,12 +19,17 @@ instead.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import torch
-from torch.profiler import ProfilerActivity, profile
+# Kineto (the profiler's backend) prints "STAGE: Completed Stage ..." lines for every
+# profile unless told otherwise; it reads this once, when first used.
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+
+import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 
 @dataclass

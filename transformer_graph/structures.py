@@ -20,6 +20,12 @@ the global tokens of ``global_window`` then see only earlier positions like any
 other token) and an *aligned* variant for encoder-decoder attention, where the
 window is centred on the source position aligned with the target position.
 
+Note that ``dilated`` self-attention on its own splits the positions into
+``dilation`` classes (by position mod dilation) that never exchange messages, at
+any depth; the sparse Transformer pairs it with a local window in alternate
+layers. It is here as the strided building block, to measure, not as a
+recommended encoder.
+
 Alignment is the diagonal, ``a(i) = min(i, n - 1)`` for target position i and
 source length n. Why not ``round(i * n / m)``: the target length m is unknown
 while decoding (the decoder asks for the edges of position t of a t+1 long

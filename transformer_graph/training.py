@@ -62,6 +62,9 @@ class Progress:
     best: float | None = None   # best validation metric (higher is better)
     best_epoch: int | None = None
     history: list = field(default_factory=list)
+    # Training-metric sums (over all ranks) and seconds of the epoch so far, saved when a run
+    # stops mid-epoch so that the resumed epoch still reports its whole-epoch loss and accuracy.
+    epoch_sums: dict | None = None
 
 
 class Trainer:
@@ -203,6 +206,12 @@ class Trainer:
                        disable=self.quiet or not self.is_main, leave=False, dynamic_ncols=True)
             sums = {"loss": 0.0, "nll": 0.0, "correct": 0, "tokens": 0, "nodes": 0}
             epoch_start = time.time()
+            if p.epoch_sums:  # resumed mid-epoch: count the batches before the stop too
+                done = dict(p.epoch_sums)
+                epoch_start -= done.pop("seconds", 0.0)
+                if self.is_main:  # sums over all ranks: count them once
+                    sums.update(done)
+                p.epoch_sums = None
             while p.batch_in_epoch < len(batches):
                 # One optimizer step over `accum` batches (fewer at the epoch's end).
                 group = batches[p.batch_in_epoch:p.batch_in_epoch + accum]
@@ -231,6 +240,7 @@ class Trainer:
             if p.batch_in_epoch >= len(batches):  # the epoch is complete
                 self.end_epoch(train_metrics)
             else:
+                p.epoch_sums = {**sums, "seconds": time.time() - epoch_start}
                 self.save("last.pt")
         p.elapsed = time.time() - start
         return self.summary(stop_reason or f"max_epochs={t.max_epochs}")
@@ -255,10 +265,12 @@ class Trainer:
                 ntok = batch.labels.numel()
                 loss = loss_sum / ntok
                 if not torch.isfinite(loss):
+                    last = self.run_dir / "last.pt"
+                    kept = (f"The last good checkpoint {last} is intact" if last.exists()
+                            else "No checkpoint was written yet")
                     raise TrainingError(
                         f"non-finite loss ({float(loss)}) at epoch {self.progress.epoch + 1}, step "
-                        f"{self.progress.step + 1}; stopping. The last good checkpoint "
-                        f"{self.run_dir / 'last.pt'} is intact (try a smaller optim.factor or "
+                        f"{self.progress.step + 1}; stopping. {kept} (try a smaller optim.factor or "
                         f"set optim.clip_grad)")
                 main = loss if denoms is None else loss_sum / denoms[i]
                 # A loss term the model computes in its forward pass (the Universal Transformer's

@@ -38,7 +38,7 @@ from .act import ACTAccumulator, ACTStats, HaltingUnit, active_subgraph, scatter
 from .aggregators import get_aggregator
 from .batch import GraphBatch
 from .layers import DecoderLayer, EncoderLayer, KVHook
-from .model import PositionalEncoding, TokenEmbedding
+from .model import PositionalEncoding, TokenEmbedding, init_weights
 
 
 def check_act_args(max_depth, act_threshold, ponder_weight) -> None:
@@ -124,9 +124,10 @@ class _Recurrent(nn.Module):
 
         ``run_layer(active, h, kv_hook, need_weights)`` applies the shared layer to the
         active nodes' inputs ``h`` (all nodes when ``active`` is None) and returns
-        ``(new states, weights, {attention kind: edges processed})``. ``outer_hooks[t]`` (incremental decoding) receives the
-        keys/values of all nodes at step t, and is called at every step, even after every
-        node halted, so each depth's cache covers every position.
+        ``(new states, weights, {attention kind: edges processed})``. ``outer_hooks[t]``
+        (incremental decoding) receives the keys/values of all nodes at step t and is
+        called at every step, even after every node halted, so that each depth's cache
+        covers every position.
         """
         tok, coord = self.unpack(x)
         n = tok.shape[0]
@@ -279,7 +280,7 @@ class UniversalTransformer(nn.Module):
                  attn_dropout: float | None = None, max_depth: int = 8, act_threshold: float = 0.99,
                  ponder_weight: float = 0.01, halting: bool = True, halt_bias: float = 1.0,
                  timestep_encoding: bool = True, position_every_step: bool = True,
-                 aggregator: str = "attention"):
+                 aggregator: str = "attention", embed_init_std: float | None = None):
         super().__init__()
         attention_cls = get_aggregator(aggregator)  # phi/□ of the shared layers
         for name, value in (("src_vocab", src_vocab), ("tgt_vocab", tgt_vocab), ("d_model", d_model),
@@ -300,7 +301,7 @@ class UniversalTransformer(nn.Module):
                            attn_dropout=attn_dropout, max_depth=max_depth, act_threshold=act_threshold,
                            ponder_weight=ponder_weight, halting=halting, halt_bias=halt_bias,
                            timestep_encoding=timestep_encoding, position_every_step=position_every_step,
-                           aggregator=aggregator)
+                           aggregator=aggregator, embed_init_std=embed_init_std)
         self.d_model, self.max_depth = d_model, max_depth
         self.ponder_weight = float(ponder_weight)
         self.src_embed = TokenEmbedding(src_vocab, d_model, "src")
@@ -313,9 +314,7 @@ class UniversalTransformer(nn.Module):
         self.encoder = UniversalEncoder(EncoderLayer(*args), **rec)
         self.decoder = UniversalDecoder(DecoderLayer(*args), **rec)
         self.generator = nn.Linear(d_model, tgt_vocab)
-        for p in self.parameters():  # Xavier for every matrix, as the standard model
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
+        init_weights(self, embed_init_std)  # as the standard model
         if tie_generator:
             self.generator.weight = self.tgt_embed.weight
         self.act_stats: dict[str, ACTStats] = {}
