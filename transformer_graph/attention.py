@@ -89,7 +89,8 @@ class GraphAttention(nn.Module):
         if sparse_attention.supports(graph, q):
             # The same phi and □ on PyTorch's sparse CSR kernels: DGL's CPU kernels run
             # multi-head features as a scalar loop (see transformer_graph.sparse_attention).
-            out, weights = sparse_attention.attend(graph, q, k, v, 1.0 / math.sqrt(self.d_k), self.dropout)
+            out, weights = sparse_attention.attend(graph, q, k, v, 1.0 / math.sqrt(self.d_k), self.dropout,
+                                                   need_weights)
         else:
             out, weights = self.aggregate(graph, self.message(graph, q, k), v)
             weights = weights.squeeze(-1)

@@ -52,13 +52,15 @@ from .graphs import batch_graph, complete
 from .loss import label_smoothed_loss
 from .malloc import malloc_settings, tune_malloc
 from .profiling import graph_index_bytes, peak_memory, top_ops
+from . import sparse_attention
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {1: "training", 2: "decoding", 3: "attention", 4: "ceiling", 5: "profile"}
 PRECISIONS = ("fp32", "bf16")
 MODELS = ("graph", "dense")
 DECODERS = ("graph_incremental", "graph_recompute", "dense_recompute")
-ATTENTION_METHODS = ("dense_sdpa", "dense_masked", "graph_complete", "graph_window")
+ATTENTION_METHODS = ("dense_sdpa", "dense_masked", "graph_complete", "graph_window", "graph_complete_dgl",
+                     "graph_window_dgl")
 MB = 2 ** 20
 
 
@@ -102,6 +104,7 @@ class BenchOptions:
     window: int = 8
     attn_repeats: int = 3
     attn_max_mb: float = 8000.0
+    attn_dgl_max_len: int = 512             # DGL's kernels are slow: measured up to this length
     # 4. ceiling
     ceiling_n: int = 2048
     # 5. profile
@@ -407,7 +410,7 @@ def bench_training(opts: BenchOptions, data: BenchData, log=print) -> dict:
                     _, mem = peak_memory(lambda: steps[name](b))
                     peaks.append(mem.peak_bytes)
                     if name == "graph":
-                        index_bytes.append(sum(graph_index_bytes(getattr(b.graphs, k)) for k in ("enc", "dec", "cross")))
+                        index_bytes.append(sum(structure_bytes(getattr(b.graphs, k)) for k in ("enc", "dec", "cross")))
                 t = median(times[name])
                 entry["results"][f"{name}_{prec}"] = {
                     "model": name, "precision": prec, "seconds": times[name], "median_s": t,
@@ -524,12 +527,25 @@ class Window:
         return keys[keep], queries[keep]
 
 
-def graph_attention_fn(attn: GraphAttention, graph, q, k, v, grad_out) -> Callable[[], None]:
-    """Forward + backward of the model's own phi and □ on ``graph`` (no projections)."""
+def structure_bytes(graph) -> int:
+    """Memory of a graph's structure: DGL's sparse formats plus the cached CSR patterns."""
+    return graph_index_bytes(graph) + sparse_attention.pattern_bytes(graph)
+
+
+def graph_attention_fn(attn: GraphAttention, graph, q, k, v, grad_out, kernels: str = "auto"):
+    """Forward + backward of the model's own phi and □ on ``graph`` (no projections),
+    dispatched as :meth:`GraphAttention.attend` does (``kernels="auto"``) or always on
+    DGL's kernels (``"dgl"``)."""
+    scale = 1.0 / attn.d_k ** 0.5
+
     def run():
         q.grad = k.grad = v.grad = None
-        out, _ = attn.aggregate(graph, attn.message(graph, q, k), v)
-        out.backward(grad_out)
+        with sparse_attention.enabled(sparse_attention.is_enabled() and kernels == "auto"):
+            if sparse_attention.supports(graph, q):
+                out, _ = sparse_attention.attend(graph, q, k, v, scale)
+            else:
+                out, _ = attn.aggregate(graph, attn.message(graph, q, k), v)
+            out.backward(grad_out)
     return run
 
 
@@ -546,8 +562,9 @@ def _estimate_mb(method: str, batch: int, length: int, heads: int, d_model: int,
     if method in ("dense_sdpa", "dense_masked"):
         cells = batch * heads * length * length
         return (6 * cells * 4 + 8 * tokens * d_model * 4) / MB
-    edges = tokens * length if method == "graph_complete" else tokens * (2 * window + 1)
-    return (8 * edges * heads * 4 + 8 * edges * 4 + 8 * tokens * d_model * 4) / MB
+    edges = tokens * length if method.startswith("graph_complete") else tokens * (2 * window + 1)
+    # edge values and their gradients, DGL's formats, the CSR pattern's indices, features
+    return (8 * edges * heads * 4 + 8 * edges * 4 + 5 * edges * heads * 4 + 8 * tokens * d_model * 4) / MB
 
 
 def _sdpa_kernel(q, k, v) -> str:
@@ -567,6 +584,7 @@ def bench_attention(opts: BenchOptions, log=print) -> dict:
     dk = d // h
     attn = GraphAttention(d, h, dropout=0.0).eval()
     out = {"tokens_per_batch": opts.attn_tokens, "heads": h, "d_model": d, "window": opts.window,
+           "dgl_max_len": opts.attn_dgl_max_len,
            "dense_sdpa_kernel": None, "lengths": [], "results": {m: [] for m in ATTENTION_METHODS}}
     gen = torch.Generator().manual_seed(opts.seed)
     for length in sorted(set(opts.attn_lengths)):
@@ -586,6 +604,10 @@ def bench_attention(opts: BenchOptions, log=print) -> dict:
                 row.update(skipped=f"estimated {est:.0f} MB > attn_max_mb={opts.attn_max_mb:.0f}")
                 out["results"][method].append(row)
                 continue
+            if method.endswith("_dgl") and length > opts.attn_dgl_max_len:
+                row.update(skipped=f"DGL kernels measured up to attn_dgl_max_len={opts.attn_dgl_max_len}")
+                out["results"][method].append(row)
+                continue
             graph = None
             if method == "dense_sdpa":
                 fn = dense_attention_fn(*dense_in, dense_grad)
@@ -597,14 +619,15 @@ def bench_attention(opts: BenchOptions, log=print) -> dict:
                 fn = dense_attention_fn(*dense_in, dense_grad, mask)
                 pairs = batch * length * length
             else:
-                structure = complete if method == "graph_complete" else Window(opts.window)
+                structure = complete if method.startswith("graph_complete") else Window(opts.window)
                 graph = batch_graph(structure, [length] * batch, [length] * batch)
-                fn = graph_attention_fn(attn, graph, *graph_in, graph_grad)
+                fn = graph_attention_fn(attn, graph, *graph_in, graph_grad,
+                                        "dgl" if method.endswith("_dgl") else "auto")
                 pairs = graph.num_edges()
             fn()  # warm-up; also creates the graph's sparse formats
             times = [_timed(fn) for _ in range(opts.attn_repeats)]
             _, mem = peak_memory(fn)
-            index_mb = graph_index_bytes(graph) / MB if graph is not None else 0.0
+            index_mb = structure_bytes(graph) / MB if graph is not None else 0.0
             t = median(times)
             row.update(pairs=pairs, seconds=times, median_ms=1e3 * t, peak_mb=mem.peak_bytes / MB + index_mb,
                        graph_index_mb=index_mb, gflops_per_s=attention_flops(pairs, d) / t / 1e9)
@@ -630,7 +653,7 @@ def attention_summary(att: dict) -> dict:
         return {r["length"]: r for r in rows if "median_ms" in r}
     dense = ok(res["dense_sdpa"])
     summary = {}
-    for method in ("graph_complete", "graph_window", "dense_masked"):
+    for method in ("graph_window", "graph_complete", "graph_window_dgl", "graph_complete_dgl", "dense_masked"):
         rows = ok(res[method])
         common = sorted(set(rows) & set(dense))
         faster = [n for n in common if rows[n]["median_ms"] < dense[n]["median_ms"]]
@@ -683,24 +706,33 @@ def bench_ceiling(opts: BenchOptions, training: dict | None, log=print) -> dict:
 # --------------------------------------------------------------------------
 # 5. Profile
 # --------------------------------------------------------------------------
+# Ops that are graph attention, with everything they call (their self time and children's).
+ATTENTION_OPS = ("_ScoresSoftmax", "_WeightedSum", "_ScoresSoftmaxBackward", "_WeightedSumBackward",
+                 "GSpMM", "GSDDMM", "EdgeSoftmax", "GSpMMBackward", "GSDDMMBackward", "EdgeSoftmaxBackward")
 _CATEGORIES = (
     ("matrix products", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
                          "aten::_addmm_activation", "mkldnn")),
-    ("generator softmax", ("aten::_log_softmax", "aten::_log_softmax_backward_data")),
-    ("graph kernels (DGL)", ("GSpMM", "GSDDMM", "EdgeSoftmax", "GSpMMBackward", "GSDDMMBackward", "SegmentReduce")),
-    ("dense attention softmax", ("aten::_softmax", "aten::_softmax_backward_data",
-                                 "aten::_scaled_dot_product")),
-    ("memory (fill/copy/alloc)", ("aten::fill_", "aten::copy_", "aten::zero_", "aten::empty", "aten::zeros",
-                                  "aten::clone", "aten::cat", "aten::index", "aten::index_copy",
-                                  "aten::index_select", "aten::contiguous", "aten::new_")),
+    ("generator log-softmax", ("aten::_log_softmax", "aten::_log_softmax_backward_data")),
+    ("dense attention softmax", ("aten::_softmax", "aten::_softmax_backward_data", "aten::_scaled_dot_product",
+                                 "aten::_masked_softmax")),
+    ("memory (fill/copy/cast)", ("aten::fill_", "aten::copy_", "aten::zero_", "aten::empty", "aten::zeros",
+                                 "aten::clone", "aten::cat", "aten::index", "aten::index_copy", "aten::_to_copy",
+                                 "aten::index_select", "aten::contiguous", "aten::new_")),
+    ("dropout", ("aten::bernoulli_", "aten::native_dropout")),
+    ("optimizer", ("Optimizer.", "aten::_foreach", "aten::sqrt", "aten::addcmul_", "aten::addcdiv_", "aten::lerp_")),
 )
 
 
-def categorize(name: str) -> str:
+def categorize(name: str, ancestors: Sequence[str] = ()) -> str:
+    """The category of an op, for the profile's coarse breakdown."""
+    if name in ATTENTION_OPS or any(a in ATTENTION_OPS for a in ancestors):
+        return "graph attention (phi, □)"
+    if name.startswith("Optimizer.") or any(a.startswith("Optimizer.") for a in ancestors):
+        return "optimizer"
     for category, prefixes in _CATEGORIES:
         if any(name.startswith(p) for p in prefixes):
             return category
-    return "other (elementwise, norms, optimizer, Python)"
+    return "other (elementwise, norms, autograd, Python)"
 
 
 def bench_profile(opts: BenchOptions, data: BenchData, log=print) -> dict:
@@ -710,19 +742,18 @@ def bench_profile(opts: BenchOptions, data: BenchData, log=print) -> dict:
     with num_threads(threads):
         model = build_size(opts.profile_size, opts, len(data.vocab))
         dense = DenseTransformer(model)
-        for name, m, prec in (("graph", model, "fp32"), ("graph", model, "bf16"), ("dense", dense, "fp32")):
-            if prec not in opts.precisions:
-                continue
+        runs = [("graph", model, prec, True) for prec in opts.precisions]
+        runs += [("graph_dgl_kernels", model, prec, False) for prec in opts.precisions]
+        runs += [("dense", dense, prec, True) for prec in opts.precisions]
+        for name, m, prec, csr in runs:
             step = TrainStep(m, data.vocab.pad, prec)
-            step(batches[0])
-            ops_, total_ms = top_ops(lambda: step(batches[-1]), n=10 ** 6)
-            shares: dict[str, float] = {}
-            for op in ops_:
-                shares[categorize(op.name)] = shares.get(categorize(op.name), 0.0) + op.share
+            with sparse_attention.enabled(csr):
+                step(batches[0])
+                ops_, total_ms, shares = top_ops(lambda: step(batches[-1]), n=opts.profile_ops,
+                                                 category=categorize)
             out["runs"][f"{name}_{prec}"] = {
-                "total_self_ms": total_ms, "tokens": batches[-1].num_tokens,
-                "categories": dict(sorted(shares.items(), key=lambda kv: -kv[1])),
-                "top_ops": [asdict(op) for op in ops_[:opts.profile_ops]]}
+                "total_self_ms": total_ms, "tokens": batches[-1].num_tokens, "categories": shares,
+                "top_ops": [asdict(op) for op in ops_]}
             log(f"  profile {name} {prec}: {total_ms:.0f} ms self time; "
                 + ", ".join(f"{k} {100 * v:.0f}%" for k, v in list(out["runs"][f"{name}_{prec}"]["categories"].items())[:3]))
     return out
@@ -867,6 +898,8 @@ def build_parser() -> "argparse.ArgumentParser":
     p.add_argument("--window", type=int, help="half-width w of the local-window graph (default 8)")
     p.add_argument("--attn-max-mb", dest="attn_max_mb", type=float,
                    help="skip attention runs estimated to need more memory (default 8000)")
+    p.add_argument("--attn-dgl-max-len", dest="attn_dgl_max_len", type=int,
+                   help="longest length timed on DGL's kernels (default 512)")
     p.add_argument("--ceiling-n", dest="ceiling_n", type=int, help="matrix size of the ceiling product (default 2048)")
     p.add_argument("--profile-size", dest="profile_size", help="model size profiled (default multi30k_cpu)")
     p.add_argument("--profile-threads", dest="profile_threads", type=int, help="threads while profiling (default 1)")

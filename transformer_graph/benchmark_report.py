@@ -18,7 +18,8 @@ from .benchmark import ATTENTION_METHODS, DECODERS, MODELS, SECTIONS
 JSON_NAME, MD_NAME, FIG_DIR = "benchmark.json", "benchmark.md", "figures"
 COLORS = {"graph": "#1f77b4", "dense": "#ff7f0e", "graph_incremental": "#1f77b4", "graph_recompute": "#9ecae1",
           "dense_recompute": "#ff7f0e", "dense_sdpa": "#ff7f0e", "dense_masked": "#d62728",
-          "graph_complete": "#9ecae1", "graph_window": "#1f77b4"}
+          "graph_complete": "#9ecae1", "graph_window": "#1f77b4", "graph_complete_dgl": "#c7e9c0",
+          "graph_window_dgl": "#31a354"}
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -124,20 +125,20 @@ def _attention_md(a: dict) -> list[str]:
              f"d_model {a['d_model']}, {a['heads']} heads, no projections. dense_sdpa: "
              f"`scaled_dot_product_attention` without a mask (kernel `{a['dense_sdpa_kernel']}`); "
              f"dense_masked: with a boolean key padding mask as nn.Transformer passes it; graph_complete: "
-             f"the complete graph; graph_window: |i - j| <= {a['window']}. Time in ms, peak memory in MB.", ""]
-    header = ["length", "batch"] + [f"{m} ms" for m in ATTENTION_METHODS] + [f"{m} MB" for m in ATTENTION_METHODS]
+             f"the complete graph; graph_window: |i - j| <= {a['window']}; both on the model's kernels "
+             f"(transformer_graph/sparse_attention.py), *_dgl: the same on DGL's kernels "
+             f"(measured up to length {a.get('dgl_max_len')}). Graph memory includes the graph structure "
+             f"(DGL formats and CSR indices).", ""]
     by_len = {}
     for m in ATTENTION_METHODS:
         for row in a["results"][m]:
             by_len.setdefault(row["length"], {"batch": row["batch"]})[m] = row
-    rows = []
-    for n in sorted(by_len):
-        cells = by_len[n]
-        rows.append([n, cells["batch"]] + [cells.get(m, {}).get("median_ms", "skipped") for m in ATTENTION_METHODS]
-                    + [cells.get(m, {}).get("peak_mb", "skipped") for m in ATTENTION_METHODS])
-    lines += _table(header, rows)
+    for key, title in (("median_ms", "Forward + backward time, ms"), ("peak_mb", "Peak memory, MB")):
+        rows = [[n, by_len[n]["batch"]] + [by_len[n].get(m, {}).get(key, "skipped") for m in ATTENTION_METHODS]
+                for n in sorted(by_len)]
+        lines += [f"{title}:", ""] + _table(["length", "batch", *ATTENTION_METHODS], rows)
     srows = []
-    for m in ("graph_complete", "graph_window", "dense_masked"):
+    for m in ("graph_window", "graph_complete", "graph_window_dgl", "graph_complete_dgl", "dense_masked"):
         s = a["summary"][m]
         srows.append([m, s["crossover_length_vs_dense_sdpa"], s["longest_common_length"],
                       s["speedup_vs_dense_sdpa_at_longest"], s["memory_ratio_vs_dense_sdpa_at_longest"],

@@ -96,9 +96,15 @@ class OpShare:
     calls: int
 
 
-def top_ops(fn: Callable[[], Any], n: int = 15, repeats: int = 1) -> tuple[list[OpShare], float]:
-    """The ``n`` ops with the most self CPU time over ``repeats`` calls of ``fn``,
-    and the total self time per call in ms (what the shares are fractions of)."""
+def top_ops(fn: Callable[[], Any], n: int = 15, repeats: int = 1,
+            category: Callable[[str, list[str]], str] | None = None):
+    """Profile ``repeats`` calls of ``fn``: the ``n`` ops with the most self CPU time,
+    the total self time per call in ms (what the shares are fractions of), and, when
+    ``category(name, ancestor_names)`` is given, the share of each category.
+
+    Categories see every op's enclosing ops, so the matrix products inside an
+    attention kernel can be counted as attention rather than as matrix products.
+    """
     with _quiet_profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(repeats):
             fn()
@@ -107,4 +113,15 @@ def top_ops(fn: Callable[[], Any], n: int = 15, repeats: int = 1) -> tuple[list[
     rows.sort(key=lambda e: -e.self_cpu_time_total)
     ops = [OpShare(e.key, e.self_cpu_time_total / 1e3 / repeats, e.self_cpu_time_total / max(total, 1),
                    int(e.count // repeats)) for e in rows[:n]]
-    return ops, total / 1e3 / repeats
+    shares: dict[str, float] = {}
+    if category is not None:
+        events = [e for e in prof.events() if e.self_cpu_time_total > 0]
+        event_total = max(sum(e.self_cpu_time_total for e in events), 1)
+        for e in events:
+            ancestors, parent = [], e.cpu_parent
+            while parent is not None:
+                ancestors.append(parent.name)
+                parent = parent.cpu_parent
+            c = category(e.name, ancestors)
+            shares[c] = shares.get(c, 0.0) + e.self_cpu_time_total / event_total
+    return ops, total / 1e3 / repeats, dict(sorted(shares.items(), key=lambda kv: -kv[1]))

@@ -60,75 +60,98 @@ def enabled(flag: bool):
 
 @dataclass
 class CsrPattern:
-    """An attention graph's in-edge CSR (rows = query nodes) and its reverse, with the
-    heads laid out block-diagonally: head h's queries are rows h*n_q .. (h+1)*n_q - 1
-    and its keys columns h*n_k ..; so one sparse kernel call serves every head.
+    """An attention graph as one sparse matrix over (node, head) rows, and its reverse.
 
-    Edge values are (H, E) tensors; flattened, they are in this CSR order.
+    Features (n, H, d) are used as the (n*H, d) matrix they already are in memory
+    (row ``i*H + h`` is head h of node i), so no transposes or copies per head are
+    needed: entry (i*H + h, j*H + h) holds head h's value of edge j -> i, and one
+    kernel call serves all heads. Rows are contiguous segments of the flat (E*H,)
+    edge values (the softmax's segments); ``perm_t`` maps the reverse matrix's
+    entries (rows j*H + h: keys) to these positions.
     """
 
     heads: int
-    crow: torch.Tensor       # (H*n_q + 1,) row pointers
-    col: torch.Tensor        # (H*E,) key column of each entry
-    row: torch.Tensor        # (E,) query node of each edge (segment ops, shared by all heads)
-    crow_t: torch.Tensor     # (H*n_k + 1,) row pointers of the reverse graph (key-major)
-    col_t: torch.Tensor      # (H*E,) query column of each reverse entry
-    perm_t: torch.Tensor     # (H*E,) position in CSR order of each reverse entry
     n_q: int
     n_k: int
-    ones: torch.Tensor       # (H*E,) sampling pattern for SDDMM
+    crow: torch.Tensor       # (n_q*H + 1,) row pointers (int32 when it fits)
+    col: torch.Tensor        # (E*H,) column j*H + h of each entry
+    offsets: torch.Tensor    # (n_q*H + 1,) int64 row pointers, for segment reductions
+    lens: torch.Tensor       # (n_q*H,) entries per row
+    crow_t: torch.Tensor     # (n_k*H + 1,) row pointers of the reverse matrix
+    col_t: torch.Tensor      # (E*H,) its columns i*H + h
+    perm_t: torch.Tensor     # (E*H,) position in this matrix of each reverse entry
+    dst: torch.Tensor        # (E,) query node of each edge (edge ids are CSR positions)
+    single_crow: torch.Tensor  # (n_q + 1,) the one-head row pointers
 
     @property
     def nnz(self) -> int:
-        return self.row.numel()
+        return self.col.numel()
 
-    def matrix(self, values: torch.Tensor) -> torch.Tensor:
-        """Values (H, E) as the block-diagonal (H*n_q, H*n_k) sparse matrix."""
-        return torch.sparse_csr_tensor(self.crow, self.col, values.reshape(-1),
-                                       (self.heads * self.n_q, self.heads * self.n_k))
-
-    def matrix_t(self, values: torch.Tensor) -> torch.Tensor:
-        """Its transpose (the reverse graph), (H*n_k, H*n_q)."""
-        return torch.sparse_csr_tensor(self.crow_t, self.col_t, values.reshape(-1).index_select(0, self.perm_t),
-                                       (self.heads * self.n_k, self.heads * self.n_q))
+    def _csr(self, crow, col, values, rows, cols):
+        return torch.sparse_csr_tensor(crow, col, values, (rows, cols))
 
     def sddmm(self, a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
-        """``alpha * a[h, i] . b[h, j]`` for every edge j -> i and head h: (H, E),
-        from a (H, n_q, d) and b (H, n_k, d)."""
+        """``alpha * a[i, h] . b[j, h]`` for every edge j -> i and head h: (E*H,) in
+        CSR order, from a (n_q, H, d) and b (n_k, H, d)."""
         h = self.heads
-        pattern = torch.sparse_csr_tensor(self.crow, self.col, self.ones.to(a.dtype),
-                                          (h * self.n_q, h * self.n_k))
-        out = torch.sparse.sampled_addmm(pattern, a.reshape(h * self.n_q, -1), b.reshape(h * self.n_k, -1).t(),
+        ones = torch.ones(1, dtype=a.dtype, device=a.device).expand(self.nnz)
+        pattern = self._csr(self.crow, self.col, ones, self.n_q * h, self.n_k * h)
+        out = torch.sparse.sampled_addmm(pattern, a.reshape(self.n_q * h, -1), b.reshape(self.n_k * h, -1).t(),
                                          beta=0.0, alpha=alpha)
-        return out.values().view(h, -1)
+        return out.values()
 
     def spmm(self, values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``sum_j values[h, j -> i] * x[h, j]``: (H, n_q, d) from x (H, n_k, d)."""
-        return torch.sparse.mm(self.matrix(values), x.reshape(self.heads * self.n_k, -1)).view(self.heads, self.n_q, -1)
+        """``sum_j values[j -> i, h] * x[j, h]``: (n_q, H, d) from x (n_k, H, d)."""
+        h = self.heads
+        m = self._csr(self.crow, self.col, values, self.n_q * h, self.n_k * h)
+        return _mm(m, x.reshape(self.n_k * h, -1)).view(self.n_q, h, -1)
 
     def spmm_t(self, values: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``sum_i values[h, j -> i] * y[h, i]`` (the reverse graph): (H, n_k, d)."""
-        return torch.sparse.mm(self.matrix_t(values), y.reshape(self.heads * self.n_q, -1)).view(self.heads, self.n_k, -1)
+        """``sum_i values[j -> i, h] * y[i, h]`` (the reverse graph): (n_k, H, d)."""
+        h = self.heads
+        m = self._csr(self.crow_t, self.col_t, values.index_select(0, self.perm_t), self.n_k * h, self.n_q * h)
+        return _mm(m, y.reshape(self.n_q * h, -1)).view(self.n_k, h, -1)
+
+    def _per_entry(self, row_values: torch.Tensor) -> torch.Tensor:
+        return row_values.repeat_interleave(self.lens, output_size=self.nnz)
 
     def row_sum(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-query sums of edge values x (H, E) -> (H, n_q)."""
-        return x.new_zeros(x.shape[0], self.n_q).index_add_(1, self.row, x)
+        """Per-(query, head) sums of entry values (E*H,), broadcast back to the entries."""
+        return self._per_entry(torch.segment_reduce(x, "sum", offsets=self.offsets))
 
     def softmax(self, scores: torch.Tensor) -> torch.Tensor:
-        """Softmax of (H, E) scores over each query's in-edges (max-shifted, exact)."""
-        h = scores.shape[0]
-        peak = scores.new_full((h, self.n_q), float("-inf")).scatter_reduce_(
-            1, self.row.expand(h, -1), scores, "amax")
-        e = (scores - peak.index_select(1, self.row)).exp_()
-        return e.div_(self.row_sum(e).index_select(1, self.row))
+        """Softmax of (E*H,) scores over each query's in-edges, per head (max-shifted, exact)."""
+        peak = torch.segment_reduce(scores, "max", offsets=self.offsets)
+        e = (scores - self._per_entry(peak)).exp_()
+        return e.div_(self.row_sum(e))
+
+    def edge_head(self, values: torch.Tensor) -> torch.Tensor:
+        """Entry values (E*H,) as an (E, H) tensor indexed by (edge id, head)."""
+        h = self.heads
+        heads = torch.arange(h, device=values.device)
+        e = torch.arange(self.dst.numel(), device=values.device)
+        first = self.offsets[self.dst[:, None] * h + heads]             # row start of (dst(e), h)
+        pos = first + (e - self.single_crow[self.dst])[:, None]          # + e's rank among dst's in-edges
+        return values[pos]
 
 
-def _blocks(crow: torch.Tensor, col: torch.Tensor, heads: int, n_cols: int):
-    """Block-diagonal copies of one CSR, ``heads`` times."""
-    e = col.numel()
-    crow_h = torch.cat([crow[:-1] + h * e for h in range(heads)] + [crow[-1:] + (heads - 1) * e])
-    col_h = torch.cat([col + h * n_cols for h in range(heads)])
-    return crow_h, col_h
+def _mm(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Sparse ``m`` @ dense ``x`` written straight into a new tensor: ``torch.sparse.mm``
+    would zero-fill a result and copy MKL's output into it (25% slower measured)."""
+    out = x.new_empty(m.shape[0], x.shape[1])
+    return torch.addmm(out, m, x, beta=0.0, out=out)
+
+
+def _rows(crow: torch.Tensor, heads: int):
+    """For the interleaved matrix of a one-head CSR: its row pointers, row lengths,
+    and for every entry its row r = i*H + h and its position e in the one-head CSR."""
+    deg = crow.diff()
+    lens = deg.repeat_interleave(heads)
+    offsets = torch.cat([lens.new_zeros(1), lens.cumsum(0)])
+    nnz = int(offsets[-1])
+    row = torch.arange(lens.numel(), device=crow.device).repeat_interleave(lens, output_size=nnz)
+    single = crow[torch.div(row, heads, rounding_mode="floor")] + (torch.arange(nnz, device=crow.device) - offsets[row])
+    return offsets, lens, row, single
 
 
 def pattern_of(graph, heads: int) -> CsrPattern | None:
@@ -144,18 +167,23 @@ def pattern_of(graph, heads: int) -> CsrPattern | None:
     n_q, n_k, e = graph.num_dst_nodes(), graph.num_src_nodes(), graph.num_edges()
     pattern = None
     if e and bool((eids == torch.arange(e, dtype=eids.dtype, device=eids.device)).all()):
-        crow_t, col_t, perm_t = graph.adj_tensors("csr")  # out-edges: rows are key (src) nodes
+        crow_t, col_t, eids_t = (t.long() for t in graph.adj_tensors("csr"))  # rows are keys (src)
+        crow, col = crow.long(), col.long()
         # int32 indices: MKL's sparse kernels take them as they are (int64 would be
-        # converted on every call). int64 where the block-diagonal index space needs it.
+        # converted on every call); int64 only when the index space needs it.
         idx = torch.int32 if heads * max(e, n_q + 1, n_k + 1) < 2 ** 31 else torch.int64
-        crow, col, crow_t, col_t, perm_t = (t.long() for t in (crow, col, crow_t, col_t, perm_t))
-        crow_h, col_h = (t.to(idx) for t in _blocks(crow, col, heads, n_k))
-        crow_th, col_th = (t.to(idx) for t in _blocks(crow_t, col_t, heads, n_q))
-        pattern = CsrPattern(
-            heads=heads, crow=crow_h, col=col_h,
-            row=torch.repeat_interleave(torch.arange(n_q, device=crow.device), crow.diff()),
-            crow_t=crow_th, col_t=col_th, perm_t=torch.cat([perm_t + h * e for h in range(heads)]),
-            n_q=n_q, n_k=n_k, ones=torch.ones(heads * e, device=crow.device))
+        offsets, lens, row, single = _rows(crow, heads)
+        col_h = col[single] * heads + row % heads
+        offsets_t, _, row_t, single_t = _rows(crow_t, heads)
+        col_th = col_t[single_t] * heads + row_t % heads
+        # Reverse entry (key j, head h, edge eid) sits in this matrix at row dst*H + h,
+        # at the edge's rank among dst's in-edges.
+        edge_t = eids_t[single_t]
+        dst = torch.repeat_interleave(torch.arange(n_q, device=crow.device), crow.diff(), output_size=e)
+        perm_t = offsets[dst[edge_t] * heads + row_t % heads] + (edge_t - crow[dst[edge_t]])
+        pattern = CsrPattern(heads=heads, n_q=n_q, n_k=n_k, crow=offsets.to(idx), col=col_h.to(idx),
+                             offsets=offsets, lens=lens, crow_t=offsets_t.to(idx), col_t=col_th.to(idx),
+                             perm_t=perm_t.to(idx), dst=dst, single_crow=crow)
     cache[heads] = pattern
     return pattern
 
@@ -166,59 +194,53 @@ def supports(graph, q: torch.Tensor) -> bool:
             and pattern_of(graph, q.shape[1]) is not None)
 
 
-def _heads_first(x: torch.Tensor) -> torch.Tensor:
-    return x.transpose(0, 1).contiguous()   # (N, H, d) -> (H, N, d)
-
-
 class _ScoresSoftmax(torch.autograd.Function):
-    """phi then the softmax of □: (H, E) attention weights from q (n_q, H, d), k (n_k, H, d)."""
+    """phi then the softmax of □: (E*H,) attention weights from q (n_q, H, d), k (n_k, H, d)."""
 
     @staticmethod
     def forward(ctx, pattern: CsrPattern, q, k, scale: float):
         with torch.autocast("cpu", enabled=False):
-            qh, kh = _heads_first(q), _heads_first(k)
-            weights = pattern.softmax(pattern.sddmm(qh, kh, scale))
-        ctx.save_for_backward(qh, kh, weights)
+            weights = pattern.softmax(pattern.sddmm(q, k, scale))
+        ctx.save_for_backward(q, k, weights)
         ctx.pattern, ctx.scale = pattern, scale
         return weights
 
     @staticmethod
     def backward(ctx, grad_w):
-        qh, kh, w = ctx.saved_tensors
+        q, k, w = ctx.saved_tensors
         p, scale = ctx.pattern, ctx.scale
         with torch.autocast("cpu", enabled=False):
             wg = w * grad_w
-            grad_s = wg.sub_(w * p.row_sum(wg).index_select(1, p.row)).mul_(scale)  # softmax backward
-            grad_q = p.spmm(grad_s, kh).transpose(0, 1) if ctx.needs_input_grad[1] else None
-            grad_k = p.spmm_t(grad_s, qh).transpose(0, 1) if ctx.needs_input_grad[2] else None
+            grad_s = wg.sub_(w * p.row_sum(wg)).mul_(scale)  # softmax backward, times phi's scale
+            grad_q = p.spmm(grad_s, k) if ctx.needs_input_grad[1] else None
+            grad_k = p.spmm_t(grad_s, q) if ctx.needs_input_grad[2] else None
         return None, grad_q, grad_k, None
 
 
 class _WeightedSum(torch.autograd.Function):
-    """The sum of □: out[i] = sum_j w[j -> i] * v[j], per head; (n_q, H, d)."""
+    """The sum of □: out[i, h] = sum_j w[j -> i, h] * v[j, h]; (n_q, H, d)."""
 
     @staticmethod
     def forward(ctx, pattern: CsrPattern, w, v):
         with torch.autocast("cpu", enabled=False):
-            vh = _heads_first(v)
-            out = pattern.spmm(w, vh).transpose(0, 1)
-        ctx.save_for_backward(w, vh)
+            out = pattern.spmm(w, v)
+        ctx.save_for_backward(w, v)
         ctx.pattern = pattern
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        w, vh = ctx.saved_tensors
+        w, v = ctx.saved_tensors
         p = ctx.pattern
         with torch.autocast("cpu", enabled=False):
-            gh = _heads_first(grad_out)
-            grad_w = p.sddmm(gh, vh) if ctx.needs_input_grad[1] else None
-            grad_v = p.spmm_t(w, gh).transpose(0, 1) if ctx.needs_input_grad[2] else None
+            grad_w = p.sddmm(grad_out, v) if ctx.needs_input_grad[1] else None
+            grad_v = p.spmm_t(w, grad_out) if ctx.needs_input_grad[2] else None
         return None, grad_w, grad_v
 
 
-def attend(graph, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dropout=None):
-    """(out (n_q, H, d), weights (E, H)) of attention on ``graph``; see :func:`supports`."""
+def attend(graph, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dropout=None,
+           need_weights: bool = False):
+    """(out (n_q, H, d), weights (E, H) or None) of attention on ``graph``; see :func:`supports`."""
     pattern = pattern_of(graph, q.shape[1])
     with warnings.catch_warnings():
         # "Sparse CSR tensor support is in beta state": these kernels are tested here.
@@ -226,4 +248,14 @@ def attend(graph, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
         weights = _ScoresSoftmax.apply(pattern, q, k, scale)
         dropped = weights if dropout is None else dropout(weights)
         out = _WeightedSum.apply(pattern, dropped, v)
-    return out, weights.t()
+    return out, (pattern.edge_head(weights) if need_weights else None)
+
+
+def pattern_bytes(graph) -> int:
+    """Bytes of the CSR patterns cached on ``graph`` (they live as long as the graph)."""
+    total = 0
+    for pattern in (getattr(graph, _CACHE_ATTR, None) or {}).values():
+        if pattern is not None:
+            total += sum(t.numel() * t.element_size() for t in vars(pattern).values()
+                         if isinstance(t, torch.Tensor))
+    return total

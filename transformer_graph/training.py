@@ -124,6 +124,7 @@ class Trainer:
             self.exp.src_vocab.save(src_path)
             self.exp.tgt_vocab.save(tgt_path)
         self._writer = None
+        self._signal = None  # set by SIGTERM/SIGINT during fit()
 
     # -- setup ---------------------------------------------------------------
     def _make_optimizer(self):
@@ -199,6 +200,7 @@ class Trainer:
         pad = self.exp.tgt_vocab.pad
         from tqdm import tqdm
 
+        self._install_signal_handlers()
         while p.epoch < t.max_epochs and stop_reason is None:
             batches = self.train_batches.batches(p.epoch)
             self.model.train()
@@ -226,7 +228,9 @@ class Trainer:
                 bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{rate:.0f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
                 if p.step % t.log_every == 0:
                     self.log("train_step", loss=step_loss, lr=self.scheduler.get_last_lr()[0], tokens_per_s=rate)
-                if t.max_steps is not None and p.step >= t.max_steps:
+                if self._signal is not None:
+                    stop_reason = f"signal {self._signal}"
+                elif t.max_steps is not None and p.step >= t.max_steps:
                     stop_reason = f"max_steps={t.max_steps}"
                 elif t.max_time is not None and p.elapsed >= t.max_time:
                     stop_reason = f"max_time={t.max_time}s"
@@ -244,6 +248,26 @@ class Trainer:
                 self.save("last.pt")
         p.elapsed = time.time() - start
         return self.summary(stop_reason or f"max_epochs={t.max_epochs}")
+
+    def _install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT finish the current optimizer step, save ``last.pt`` and stop,
+        so an interrupted run loses nothing and ``--resume`` continues it exactly."""
+        import signal
+        import threading
+
+        self._signal = None
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def request_stop(signum, _frame):
+            if self._signal is not None:  # a second signal: stop now
+                raise KeyboardInterrupt
+            self._signal = signal.Signals(signum).name
+            print(f"\n{self._signal} received: stopping after this step and saving last.pt "
+                  f"(send it again to stop at once)", flush=True)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, request_stop)
 
     def train_step(self, train, group, pad, sums) -> float:
         """Forward/backward over the batches of ``group``, then one optimizer step."""
