@@ -21,5 +21,9 @@ train: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
+# Graph vs dense benchmarks (docs/BENCHMARKS.md); run on an otherwise idle machine.
+bench: $(VENV)/.installed
+	$(PY) scripts/benchmark.py --out docs
+
 clean:
 	rm -rf runs .pytest_cache

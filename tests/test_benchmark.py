@@ -4,7 +4,6 @@ the dense decoding baseline, the sparse attention kernels, the allocator setting
 No test asserts on time: timings depend on the machine and its load.
 """
 import json
-import math
 import os
 import subprocess
 import sys
@@ -247,7 +246,8 @@ def _attend_both(graph, heads=4, d_k=8, dtype=torch.float64):
 @pytest.mark.parametrize("kind", ["enc", "dec", "cross"])
 def test_sparse_kernels_equal_dgl_kernels(kind):
     graph = getattr(build_graphs([3, 7, 1, 5], [4, 2, 6, 1]), kind)
-    assert sparse_attention.supports(graph, torch.zeros(1, 4, 8, dtype=torch.float64))
+    with sparse_attention.enabled(True):
+        assert sparse_attention.supports(graph, torch.zeros(1, 4, 8, dtype=torch.float64))
     fast, dgl_ = _attend_both(graph)
     for a, b in zip(fast, dgl_):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-12)
@@ -258,15 +258,36 @@ def test_sparse_kernels_fall_back_where_they_do_not_apply():
     # Edges not numbered in query order: DGL's kernels are used, with the same results.
     keys, queries = torch.tensor([2, 0, 1, 0, 1]), torch.tensor([1, 0, 1, 1, 0])
     graph = bipartite(keys, queries, 3, 2)
-    assert not sparse_attention.supports(graph, torch.zeros(2, 4, 8))
+    with sparse_attention.enabled(True):
+        assert not sparse_attention.supports(graph, torch.zeros(2, 4, 8))
     out = _attend_both(graph)
     assert torch.equal(out[0][0], out[1][0])
-    # bf16 features and a disabled switch also use DGL's kernels
+    # a disabled switch also uses DGL's kernels
     ordered = build_graphs([3], [2]).enc
-    assert not sparse_attention.supports(ordered, torch.zeros(3, 4, 8, dtype=torch.bfloat16))
     with sparse_attention.enabled(False):
         assert not sparse_attention.supports(ordered, torch.zeros(3, 4, 8))
-    assert sparse_attention.supports(ordered, torch.zeros(3, 4, 8))
+    with sparse_attention.enabled(True):
+        assert sparse_attention.supports(ordered, torch.zeros(3, 4, 8))
+
+
+def test_sparse_kernels_take_bf16_features_and_return_bf16_gradients():
+    """Under bf16 autocast q, k, v arrive in bf16: computed in float32 (as DGL's path
+    does after casting), saved in bf16, gradients back in bf16."""
+    graph = build_graphs([4, 6], [3, 5]).cross
+    attn = GraphAttention(32, 4, dropout=0.0)
+    q = torch.randn(8, 4, 8).bfloat16().requires_grad_()
+    k = torch.randn(10, 4, 8).bfloat16().requires_grad_()
+    v = torch.randn(10, 4, 8).bfloat16().requires_grad_()
+    results = []
+    for flag in (True, False):
+        with sparse_attention.enabled(flag):
+            assert sparse_attention.supports(graph, q) is flag
+            out, _ = attn.attend(graph, q, k, v)
+            results.append((out, *torch.autograd.grad(out.sum(), (q, k, v))))
+    (out, *grads), (ref, *ref_grads) = results
+    assert out.dtype == torch.float32 and torch.allclose(out, ref, atol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        assert g.dtype == torch.bfloat16 and torch.allclose(g.float(), r.float(), atol=1e-2, rtol=1e-2)
 
 
 def test_window_graph_attention_equals_banded_dense_attention():
@@ -332,3 +353,18 @@ def test_tune_malloc_stops_refaulting_freed_memory():
         pytest.skip("glibc refused mallopt (or this is not glibc)")
     assert faults["default"][1] > 4000            # ~40k pages of 4 KiB allocated per step
     assert faults["tuned"][1] < faults["default"][1] / 2
+
+
+def test_subclass_redefining_phi_is_not_bypassed_by_the_sparse_kernels():
+    class Uniform(GraphAttention):
+        def message(self, graph, q, k):   # every edge scores 0: softmax gives a plain mean
+            return super().message(graph, q, k) * 0.0
+
+    graph = build_graphs([4, 3], [2, 2]).enc
+    attn = Uniform(8, 2, dropout=0.0)
+    q, k, v = (torch.randn(7, 2, 4) for _ in range(3))
+    out, weights = attn.attend(graph, q, k, v, need_weights=True)
+    assert torch.allclose(weights[:16], torch.full((16, 2), 0.25))        # 4 x 4 edges of pair 0
+    assert torch.allclose(weights[16:], torch.full((9, 2), 1 / 3))         # 3 x 3 edges of pair 1
+    mean = torch.cat([v[:4].mean(0, keepdim=True).expand(4, -1, -1), v[4:].mean(0, keepdim=True).expand(3, -1, -1)])
+    assert torch.allclose(out, attn.out_proj(mean.reshape(7, 8)), atol=1e-6)

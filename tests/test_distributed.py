@@ -102,6 +102,7 @@ def one_thread(monkeypatch):
 # --------------------------------------------------------------------------
 def _train_worker(cfg_dicts: list, run_dir: str) -> list:
     """Train each config in turn on this rank; return what the test compares."""
+    import faulthandler; faulthandler.dump_traceback_later(40)  # DEBUG
     ctx = D.init_from_env("cpu")
     try:
         out = []

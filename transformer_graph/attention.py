@@ -81,17 +81,20 @@ class GraphAttention(nn.Module):
 
     def attend(self, graph, q, k, v, need_weights: bool = False):
         """Attention from projected (q, k, v) on ``graph``; returns (out, weights or None)."""
-        if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
-            # Under bf16 autocast the projections run in bf16 (3x faster matrix products
-            # here), but DGL's CPU sparse kernels have no fast low-precision path (7x
-            # slower measured): message passing runs in float32 and costs little.
-            q, k, v = q.float(), k.float(), v.float()
-        if sparse_attention.supports(graph, q):
+        # A subclass redefining phi or □ gets exactly its own message/aggregate.
+        standard = type(self).message is GraphAttention.message and type(self).aggregate is GraphAttention.aggregate
+        if standard and sparse_attention.supports(graph, q):
             # The same phi and □ on PyTorch's sparse CSR kernels: DGL's CPU kernels run
             # multi-head features as a scalar loop (see transformer_graph.sparse_attention).
+            # They compute in float32 and keep bf16 inputs as bf16 for the backward pass.
             out, weights = sparse_attention.attend(graph, q, k, v, 1.0 / math.sqrt(self.d_k), self.dropout,
                                                    need_weights)
         else:
+            if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+                # Under bf16 autocast the projections run in bf16 (3x faster matrix products
+                # here), but DGL's CPU sparse kernels have no fast low-precision path (7x
+                # slower measured): message passing runs in float32 and costs little.
+                q, k, v = q.float(), k.float(), v.float()
             out, weights = self.aggregate(graph, self.message(graph, q, k), v)
             weights = weights.squeeze(-1)
         out = self.out_proj(out.reshape(out.shape[0], self.d_model))

@@ -55,7 +55,8 @@ def train_main(argv=None) -> dict:
                               quiet=args.quiet)
             summary = trainer.fit()
         shutdown(dist_ctx)  # the test evaluation below is rank 0's alone: no peer should wait for it
-        if not args.no_test and trainer.is_main:
+        # A run stopped by a signal is meant to be resumed, not judged: no test pass.
+        if not args.no_test and trainer.is_main and not summary["stopped_by"].startswith("signal"):
             from .evaluation import evaluate_checkpoint
             best = run_dir / "best.pt"
             if best.exists():

@@ -148,6 +148,9 @@ class TrainConfig:
     device: str = _field("cpu", "Where to train; 'auto' picks cuda when available.", choices=("cpu", "cuda", "auto"))
     threads: Optional[int] = _field(None, "torch CPU threads; null leaves torch's default.", min=1)
     bf16: bool = _field(False, "bfloat16 autocast.")
+    kernels: str = _field("dgl", "Attention kernels: 'dgl' (DGL's u_dot_v/edge_softmax/u_mul_e_sum) or "
+                          "'sparse' (the same phi/□ on PyTorch's sparse CSR kernels, faster on CPU).",
+                          choices=("dgl", "sparse"))
     log_every: int = _field(50, "Log training loss every this many steps.", min=1)
     keep_last: int = _field(1, "Epoch checkpoints kept on disk.", min=1)
     average_last: int = _field(1, "Average the last N epoch checkpoints at the end.", min=1)

@@ -338,7 +338,6 @@ def step_denominators(comm: Collectives, token_counts: Sequence[int]) -> list[fl
     ``sum over ranks of sum_loss / global_tokens``: the single-process
     gradient of the union, whatever the ranks' token counts.
     """
-    return [float(t) for t in token_counts]
     totals = comm.sum(token_counts)
     if any(t <= 0 for t in totals):
         raise DistributedError(f"a training step has global target-token counts {totals}; expected "

@@ -106,6 +106,8 @@ def load_trained(path, map_location="cpu"):
     ckpt = load_checkpoint(path, map_location)
     try:
         cfg = config_from_dict(ckpt["config"], source=f"{path} (saved config)")
+        from . import sparse_attention
+        sparse_attention.set_enabled(cfg.train.kernels == "sparse")
         vocabs = (Vocab.from_dict(ckpt["src_vocab"]), Vocab.from_dict(ckpt["tgt_vocab"]))
         model = build_model(cfg.model, len(vocabs[0]), len(vocabs[1]))
         model.load_state_dict(ckpt["model"])

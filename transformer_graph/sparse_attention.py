@@ -6,24 +6,29 @@ softmax over each query's in-edges, dropout, the weighted sum of values); only
 the kernels differ. DGL's CPU kernels have no vectorised path for multi-head
 features ((nodes, heads, d_k) values times (edges, heads, 1) weights is a
 "broadcast" SpMM, which DGL runs as a scalar loop): about 2 GFLOP/s on this
-machine. PyTorch's sparse CSR kernels (MKL's SpMM, a vectorised SDDMM) do the
-same per head at 10-50x the speed, so this module runs, per head:
+machine. PyTorch's sparse CSR kernels (MKL's SpMM, a vectorised SDDMM) are an
+order of magnitude faster per call; attention forward + backward became 5-7x
+faster (docs/BENCHMARKS.md). For all heads at once:
 
-* phi:  ``torch.sparse.sampled_addmm(pattern, q_h, k_h^T)`` (SDDMM): the scores of
-  exactly the graph's edges, nothing else;
-* □:    a segment softmax over each query's in-edges (contiguous in CSR order),
-  dropout on the edge weights, then ``torch.sparse.mm(W_h, v_h)`` (SpMM);
+* phi:  ``torch.sparse.sampled_addmm`` (SDDMM): the scores of exactly the graph's
+  edges, nothing else;
+* □:    a segment softmax over each (query, head)'s in-edges (contiguous in CSR
+  order), dropout on the edge weights, then a sparse-dense product (SpMM);
 
 with hand-written backward passes (SDDMM and SpMM on the graph and on its
-reverse). Edge tensors are (heads, edges), one scalar per edge and head, as in
-DGL; no (edges, d_k) tensor is ever formed.
+reverse). The graph becomes one sparse matrix over (node, head) rows, which is
+how (nodes, heads, d_k) features already lie in memory, so no transpose or
+per-head copy is made. Edge tensors hold one scalar per edge and head, as in
+DGL; no (edges, d_k) tensor is ever formed. The indices cost 12 bytes per edge
+and head (int32 columns of the matrix and its reverse, and the permutation
+between them), built once per graph and cached on it, so the attention layers
+of a batch share them.
 
-The graph's in-edge CSR (DGL's ``csc`` format) is computed once per graph and
-cached on it, so the attention layers of a batch share it. It applies when the
-graph's edges are numbered in query order (DGL's edge ids equal the CSR
-positions), which holds for every graph :mod:`transformer_graph.graphs` and the
-decoders build from query-sorted structures; other graphs and dtypes fall back
-to DGL's kernels (:func:`supports`).
+It applies when the graph's edges are numbered in query order (DGL's edge ids
+equal the in-edge CSR positions), which holds for every graph
+:mod:`transformer_graph.graphs` and the decoders build from query-sorted
+structures; other graphs, other devices and :func:`set_enabled` ``(False)`` fall
+back to DGL's kernels (:func:`supports`).
 """
 from __future__ import annotations
 
@@ -34,11 +39,14 @@ from dataclasses import dataclass
 import torch
 
 _CACHE_ATTR = "_tg_csr_pattern"
-_enabled = True
+_enabled = False  # DGL's built-ins are the reference path; these kernels are opt-in
 
 
 def set_enabled(flag: bool) -> None:
-    """Use these kernels (True, the default) or always DGL's (False), process-wide."""
+    """Use these kernels (True) or always DGL's (False, the default), process-wide.
+
+    Training turns them on with ``train.kernels: sparse``; ``scripts/benchmark.py``
+    times both."""
     global _enabled
     _enabled = bool(flag)
 
@@ -188,10 +196,20 @@ def pattern_of(graph, heads: int) -> CsrPattern | None:
     return pattern
 
 
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
 def supports(graph, q: torch.Tensor) -> bool:
     """Whether :func:`attend` handles this graph and these (n_q, H, d) features."""
-    return (_enabled and q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64)
+    return (_enabled and q.device.type == "cpu" and q.dtype in _DTYPES
             and pattern_of(graph, q.shape[1]) is not None)
+
+
+def _compute(x: torch.Tensor) -> torch.Tensor:
+    """Kernels run in float32 (float64 stays): low-precision features (bf16 autocast)
+    are kept as they are for the backward pass and widened only while used, so the
+    saved activations stay half-size."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 class _ScoresSoftmax(torch.autograd.Function):
@@ -200,7 +218,7 @@ class _ScoresSoftmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pattern: CsrPattern, q, k, scale: float):
         with torch.autocast("cpu", enabled=False):
-            weights = pattern.softmax(pattern.sddmm(q, k, scale))
+            weights = pattern.softmax(pattern.sddmm(_compute(q), _compute(k), scale))
         ctx.save_for_backward(q, k, weights)
         ctx.pattern, ctx.scale = pattern, scale
         return weights
@@ -212,8 +230,8 @@ class _ScoresSoftmax(torch.autograd.Function):
         with torch.autocast("cpu", enabled=False):
             wg = w * grad_w
             grad_s = wg.sub_(w * p.row_sum(wg)).mul_(scale)  # softmax backward, times phi's scale
-            grad_q = p.spmm(grad_s, k) if ctx.needs_input_grad[1] else None
-            grad_k = p.spmm_t(grad_s, q) if ctx.needs_input_grad[2] else None
+            grad_q = p.spmm(grad_s, _compute(k)).to(q.dtype) if ctx.needs_input_grad[1] else None
+            grad_k = p.spmm_t(grad_s, _compute(q)).to(k.dtype) if ctx.needs_input_grad[2] else None
         return None, grad_q, grad_k, None
 
 
@@ -223,7 +241,7 @@ class _WeightedSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pattern: CsrPattern, w, v):
         with torch.autocast("cpu", enabled=False):
-            out = pattern.spmm(w, v)
+            out = pattern.spmm(w, _compute(v))
         ctx.save_for_backward(w, v)
         ctx.pattern = pattern
         return out
@@ -233,8 +251,9 @@ class _WeightedSum(torch.autograd.Function):
         w, v = ctx.saved_tensors
         p = ctx.pattern
         with torch.autocast("cpu", enabled=False):
-            grad_w = p.sddmm(grad_out, v) if ctx.needs_input_grad[1] else None
-            grad_v = p.spmm_t(w, grad_out) if ctx.needs_input_grad[2] else None
+            grad_out = grad_out.to(w.dtype)
+            grad_w = p.sddmm(grad_out, _compute(v)) if ctx.needs_input_grad[1] else None
+            grad_v = p.spmm_t(w, grad_out).to(v.dtype) if ctx.needs_input_grad[2] else None
         return None, grad_w, grad_v
 
 
@@ -259,3 +278,10 @@ def pattern_bytes(graph) -> int:
             total += sum(t.numel() * t.element_size() for t in vars(pattern).values()
                          if isinstance(t, torch.Tensor))
     return total
+
+
+def forget_patterns(graph) -> None:
+    """Drop the CSR patterns cached on ``graph`` (benchmarks time building them, as a
+    training step on a fresh batch does)."""
+    if hasattr(graph, _CACHE_ATTR):
+        delattr(graph, _CACHE_ATTR)

@@ -28,6 +28,7 @@ from .distributed import (Collectives, evaluators, local_device, restore_rank_rn
 from .evaluation import decode_dataset, evaluate_loss, exact_match
 from .experiment import Experiment, build_experiment, build_model, vocab_paths
 from .loss import label_smoothed_loss, token_correct
+from . import sparse_attention
 
 
 class TrainingError(RuntimeError):
@@ -83,6 +84,7 @@ class Trainer:
         if t.threads:
             torch.set_num_threads(t.threads)
         self.device = resolve_device(t.device)
+        sparse_attention.set_enabled(t.kernels == "sparse")
         if world_size > 1:
             self.device = local_device(self.device)  # this rank's GPU under torchrun
         self.comm = Collectives(rank, world_size, self.device)
