@@ -58,9 +58,11 @@ def train_main(argv=None) -> dict:
         # A run stopped by a signal is meant to be resumed, not judged: no test pass.
         if not args.no_test and trainer.is_main and not summary["stopped_by"].startswith("signal"):
             from .evaluation import evaluate_checkpoint
-            best = run_dir / "best.pt"
-            if best.exists():
-                summary["test"] = evaluate_checkpoint(best, split="test")["metrics"]
+            # The run's final model: the averaged checkpoint when train.average_last > 1.
+            final = next((p for p in (run_dir / "averaged.pt", run_dir / "best.pt") if p.exists()), None)
+            if final is not None:
+                summary["test"] = {"checkpoint": final.name,
+                                   **evaluate_checkpoint(final, split="test")["metrics"]}
     except (ConfigError, CheckpointError, TrainingError, ValueError) as err:
         _fail(err)
     finally:

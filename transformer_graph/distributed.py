@@ -17,13 +17,16 @@ CUDA), and the :class:`~transformer_graph.training.Trainer` then
 * divides each batch's summed loss by ``global target tokens / P``
   (:func:`step_denominators`), so that DDP's gradient *average* is exactly the
   gradient of the mean loss over all ranks' target tokens: P processes with
-  batch B take the same step as one process with those 2B...PB examples;
+  batch B take the same step as one process with those P*B examples;
 * validates sharded (:func:`sharded_evaluate_loss`, :func:`sharded_decode`):
   every rank scores a slice of the validation set, sums are all-reduced and
   hypotheses gathered, so the metrics are those of a single-process evaluation
   and every rank agrees on ``best`` and ``history``;
 * lets only rank 0 write files; the per-rank RNG states are gathered into the
-  checkpoint (``rng_ranks``) together with ``world_size``.
+  checkpoint (``rng_ranks``) together with ``world_size``;
+* stops every rank after the same step (:meth:`Collectives.agree_to_stop`):
+  ``max_time`` follows rank 0's clock, and a SIGTERM/SIGINT on any rank (e.g.
+  torchrun forwarding a preemption) makes all of them save ``last.pt`` and stop.
 
 **Resuming with another number of processes.** ``progress.batch_in_epoch``
 counts *per-rank* batches; the checkpoint's ``world_size`` converts it to the
@@ -42,7 +45,14 @@ deterministic given the config and the checkpoint.
 seconds, default 300): a peer that died or hangs makes the others' next
 collective fail within that time instead of waiting forever, and torchrun then
 stops the remaining workers and exits non-zero naming the failed rank.
-:func:`explain_failure` turns the backend's error into one clear message.
+:func:`worker_guard` prints one clear message (:func:`explain_failure`) and
+ends the failing worker with ``os._exit``: after a failed collective the
+backend's threads can otherwise block the interpreter's exit, and torchrun
+only reacts to workers that have exited.
+
+Multi-node runs need nothing here beyond the environment torchrun sets
+(``--nnodes N --rdzv-backend c10d --rdzv-endpoint host:port``); see
+``docs/SCALING.md``.
 """
 from __future__ import annotations
 
@@ -170,13 +180,13 @@ def shutdown(ctx: DistContext | None) -> None:
 
 def is_comm_failure(err: BaseException) -> bool:
     """Whether ``err`` comes from the communication backend (a dead, hung or unreachable peer)."""
-    backend_error = getattr(dist, "DistBackendError", None)
-    if backend_error is not None and isinstance(err, backend_error):
+    kinds = tuple(k for k in (getattr(dist, n, None) for n in ("DistError", "DistBackendError")) if k)
+    if kinds and isinstance(err, kinds):
         return True
+    # gloo reports a dead or silent peer as a plain RuntimeError naming its source file.
     text = str(err).lower()
     return isinstance(err, RuntimeError) and any(
-        s in text for s in ("gloo", "nccl", "connection closed", "connection reset", "timed out",
-                            "timeout", "broken pipe", "socket"))
+        s in text for s in ("gloo/", "nccl", "connection closed by peer", "connection reset by peer"))
 
 
 def explain_failure(err: BaseException, ctx: DistContext, run_dir) -> DistributedError:
@@ -209,6 +219,9 @@ def worker_guard(ctx: DistContext | None, run_dir, expected: tuple = (ValueError
         if err.code in (0, None):
             raise
         _exit_now(err.code if isinstance(err.code, int) else 1)
+    except KeyboardInterrupt:  # a second SIGTERM/SIGINT: the trainer's "stop at once"
+        print(f"rank {ctx.rank}: interrupted", file=sys.stderr)
+        _exit_now(130)
     except BaseException as err:  # noqa: BLE001 - every failure must end the worker
         if is_comm_failure(err):
             err = explain_failure(err, ctx, run_dir)
@@ -264,13 +277,19 @@ class Collectives:
         sums = self.sum([values[k] for k in keys])
         return {k: (round(s) if isinstance(values[k], int) else s) for k, s in zip(keys, sums)}
 
-    def broadcast_value(self, value: float) -> float:
-        """Rank 0's ``value`` on every rank."""
+    def agree_to_stop(self, elapsed: float, stop: bool) -> tuple[float, bool]:
+        """``(rank 0's elapsed seconds, whether any rank wants to stop)`` in one all-reduce.
+
+        Ranks must leave the training loop after the same step, or one would wait
+        in a collective the others never join: ``max_time`` follows rank 0's clock
+        and a SIGTERM/SIGINT seen by any rank stops them all.
+        """
         if not self.active:
-            return value
-        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
-        dist.broadcast(t, src=0)
-        return float(t.item())
+            return elapsed, stop
+        t = torch.tensor([float(elapsed) if self.rank == 0 else 0.0, float(stop)], dtype=torch.float64,
+                         device=self.device)
+        dist.all_reduce(t)
+        return float(t[0].item()), bool(t[1].item() > 0)
 
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's ``obj`` (any picklable object) on every rank."""

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_save, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import atomic_save, load_checkpoint, rng_state, save_checkpoint
 from .config import Config, config_from_dict, config_to_dict, save_config
 from .data import Batcher, Vocab, collate
 from .distributed import (Collectives, evaluators, local_device, restore_rank_rng, resume_position, seed_rank,
                           step_denominators, wrap_model)
-from .evaluation import decode_dataset, evaluate_loss, exact_match
+from .evaluation import exact_match
 from .experiment import Experiment, build_experiment, build_model, vocab_paths
 from .loss import label_smoothed_loss, token_correct
 from . import sparse_attention
@@ -223,8 +223,10 @@ class Trainer:
                 p.batch_in_epoch += len(group)
                 p.step += 1
                 p.elapsed = time.time() - start
-                if t.max_time is not None:  # every rank must stop after the same step: rank 0's clock rules
-                    p.elapsed = self.comm.broadcast_value(p.elapsed)
+                if self.world_size > 1:  # all ranks stop after the same step: rank 0's clock, any rank's signal
+                    p.elapsed, signalled = self.comm.agree_to_stop(p.elapsed, self._signal is not None)
+                    if signalled and self._signal is None:
+                        self._signal = "on another rank"
                 bar.update(len(group))
                 rate = sums["nodes"] / max(time.time() - epoch_start, 1e-9)
                 bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{rate:.0f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")

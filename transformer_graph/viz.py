@@ -380,20 +380,20 @@ def main(argv=None) -> list[Path]:
             if n == 1:
                 print("note: only one snapshot; set viz.every_epoch: true to keep one per epoch", file=sys.stderr)
             return [path]
-        torch.set_grad_enabled(False)
         from .experiment import build_experiment, graph_spec, load_trained
 
         model, cfg, vocabs, _ = load_trained(args.checkpoint)
-        if args.text is not None:
-            maps = text_attention(model, cfg, vocabs, args.text, graph_spec(cfg.model))
-            caption = "greedy output"
-            unk = sum(t == "<unk>" for t in _labels(vocabs[0], vocabs[0].encode(maps.src_tokens)))
-            if unk:
-                print(f"note: {unk} source token(s) are not in the vocabulary (<unk>)", file=sys.stderr)
-        else:
-            exp = build_experiment(cfg, vocabs)
-            maps = example_attention(model, exp, args.example, args.split)
-            caption = f"{args.split} example {args.example}"
+        with torch.no_grad():  # a scoped switch: callers (and tests) keep their grad mode
+            if args.text is not None:
+                maps = text_attention(model, cfg, vocabs, args.text, graph_spec(cfg.model))
+                caption = "greedy output"
+                unk = sum(t == "<unk>" for t in _labels(vocabs[0], vocabs[0].encode(maps.src_tokens)))
+                if unk:
+                    print(f"note: {unk} source token(s) are not in the vocabulary (<unk>)", file=sys.stderr)
+            else:
+                exp = build_experiment(cfg, vocabs)
+                maps = example_attention(model, exp, args.example, args.split)
+                caption = f"{args.split} example {args.example}"
         print("source:", " ".join(maps.src_tokens))
         print("target:", " ".join(maps.tgt_out_tokens))
         written = write_figures(maps, args.out, layers=None if args.layer is None else [args.layer],
