@@ -10,9 +10,11 @@ a subprocess. Ports are picked free at run time on 127.0.0.1.
 1. Two ranks hold identical parameters after k steps (with dropout, whose
    RNG differs per rank), read disjoint equal-sized shards, and with dropout 0
    take exactly the steps of one process that sees both ranks' examples per
-   step (variable-length sentences: the loss normalisation must be global).
+   step (variable-length sentences: the loss normalisation must be global),
+   with and without gradient accumulation.
 2. A killed worker and a hung worker make the launcher fail within a bounded
-   time, with a message that names what happened.
+   time, with a message that names what happened; a SIGTERM on one rank stops
+   every rank after the same step.
 3. Resume 1 -> 2 -> 1 processes continues at the right place; sharded
    validation equals a single-process evaluation of the same weights.
 """
@@ -228,43 +230,50 @@ def test_rank_seeds_differ_and_repeat():
     assert D.derive_seed(7, 1) != D.derive_seed(7, 1, 5)
 
 
+def test_restore_rank_rng_same_world_restores_each_rank_else_reseeds():
+    from transformer_graph.checkpoint import rng_state
+
+    states = []
+    for r in range(2):
+        D.seed_rank(7, r)
+        states.append(rng_state())
+    ckpt = {"world_size": 2, "rng_ranks": states, "rng": states[0]}
+    assert D.restore_rank_rng(ckpt, 1, 2, seed=7, step=5) == "restored"
+    assert torch.equal(torch.get_rng_state(), states[1]["torch"])
+    assert D.restore_rank_rng(ckpt, 1, 3, seed=7, step=5) == "reseeded"
+    reseeded = torch.get_rng_state()
+    D.seed_rank(7, 1, 5)
+    assert torch.equal(reseeded, torch.get_rng_state()) and not torch.equal(reseeded, states[1]["torch"])
+    # One process to one process: the saved state, as before distributed training existed.
+    assert D.restore_rank_rng({"rng": states[0]}, 0, 1, seed=7, step=5) == "restored"
+    assert torch.equal(torch.get_rng_state(), states[0]["torch"])
+
+
+def test_validation_shards_cover_every_example_once_and_balance_lengths():
+    lengths = [5, 1, 9, 3, 3, 7, 2, 8, 6]
+    shards = [D.shard_indices(lengths, r, 3) for r in range(3)]
+    assert sorted(i for s in shards for i in s) == list(range(len(lengths)))
+    assert [len(s) for s in shards] == [3, 3, 3]
+    # Round robin over the length order: the shards' total lengths differ by at most one sentence's.
+    totals = [sum(lengths[i] for i in s) for s in shards]
+    assert max(totals) - min(totals) <= max(lengths) - min(lengths)
+
+
 # --------------------------------------------------------------------------
 # Two processes
 # --------------------------------------------------------------------------
-def test_two_ranks_stay_identical_and_match_one_process_with_both_batches(tmp_path):
-    steps = 3
-    with_dropout = config_to_dict(tiny_cfg(train={"max_steps": steps}))
-    no_dropout = config_to_dict(tiny_cfg(model={"dropout": 0.0}, train={"max_steps": steps}))
-    results = launch(_train_worker, [with_dropout, no_dropout], str(tmp_path / "ddp"), log_dir=tmp_path / "logs")
-    r0, r1 = results[0], results[1]
+def _single_process_twin(raw: dict, run_dir: Path) -> Trainer:
+    """One process that trains, at each (micro-)step, on the union of what the two ranks read."""
+    ref = Trainer(config_from_dict(raw), run_dir, quiet=True)
+    every = ref.batcher.batches(0)  # rank r's k-th batch is every[2k + r]
+    ref.train_batches = _Fixed([every[2 * k] + every[2 * k + 1] for k in range(len(every) // 2)])
+    return ref
 
-    for k in (0, 1):
-        a, b = r0[k], r1[k]
-        assert a["step"] == b["step"] == steps
-        # Every rank holds exactly the same parameters (DDP averages the gradients) ...
-        for name in a["params"]:
-            assert torch.equal(a["params"][name], b["params"][name]), name
-        # ... from disjoint, equally long shards of the epoch's batches.
-        assert len(a["shards"]) == len(b["shards"]) == 4
-        seen0 = {i for batch in a["shards"] for i in batch}
-        seen1 = {i for batch in b["shards"] for i in batch}
-        assert not seen0 & seen1 and len(seen0 | seen1) == 128
-    # Dropout draws differ between ranks (rank-specific seeds), while the run repeats from the config.
-    assert not torch.equal(r0[0]["rng"], r1[0]["rng"])
 
-    # One process, same initial weights, each step on the union of the two ranks' batches.
-    ref = Trainer(config_from_dict(no_dropout), tmp_path / "single", quiet=True)
-    every = ref.batcher.batches(0)
-    ref.train_batches = _Fixed([every[2 * s] + every[2 * s + 1] for s in range(len(every) // 2)])
-    assert [i for b in ref.train_batches.batches(0)[:steps] for i in b] == \
-        [i for s in range(steps) for i in r0[1]["shards"][s] + r1[1]["shards"][s]]
-    lengths = {len(ref.exp.splits["train"].pairs[i][1]) for i in range(128)}
-    assert len(lengths) > 3  # variable lengths: ranks hold different token counts
-    ref.fit()
-    assert ref.progress.step == steps
+def _assert_same_training(ddp_params: dict, ref: Trainer, tmp_path: Path) -> None:
     d = ref.cfg.model.d_model
     for name, p in ref.model.named_parameters():
-        ddp = r0[1]["params"][name]
+        ddp = ddp_params[name]
         if name.endswith("in_proj.bias"):
             # [q; k; v] biases. The key bias has zero gradient in exact arithmetic (softmax over a
             # query's keys ignores the shift q.b_k), so Adam turns rounding noise into steps there
@@ -276,15 +285,50 @@ def test_two_ranks_stay_identical_and_match_one_process_with_both_batches(tmp_pa
     from transformer_graph.data import collate
     valid = ref.exp.splits["valid"]
     batch = collate(valid, list(range(len(valid))), ref.exp.spec)
-    twin = Trainer(config_from_dict(no_dropout), tmp_path / "twin", quiet=True).model
-    twin.load_state_dict({**twin.state_dict(), **r0[1]["params"]})
+    twin = Trainer(ref.cfg, tmp_path / "twin", quiet=True).model
+    init = {n: p.detach().clone() for n, p in twin.named_parameters()}
+    twin.load_state_dict({**twin.state_dict(), **ddp_params})
     with torch.no_grad():
         assert rel_err(twin.eval()(batch), ref.model.eval()(batch)) <= 1e-5
     # and training moved the weights at all (the comparison is not between two untouched models)
-    init = Trainer(config_from_dict(no_dropout), tmp_path / "init", quiet=True)
-    moved = dict(init.model.named_parameters())
-    assert all(rel_err(r0[1]["params"][n], moved[n]) > 1e-3 for n, _ in ref.model.named_parameters()
-               if n.endswith("weight") and moved[n].dim() > 1)
+    assert all(rel_err(ddp_params[n], init[n]) > 1e-3 for n in init if n.endswith("weight") and init[n].dim() > 1)
+
+
+def test_two_ranks_stay_identical_and_match_one_process_with_both_batches(tmp_path):
+    with_dropout = config_to_dict(tiny_cfg(train={"max_steps": 3}))
+    no_dropout = config_to_dict(tiny_cfg(model={"dropout": 0.0}, train={"max_steps": 3}))
+    # 2 micro-batches per step (DDP's no_sync on the first); 2 steps finish the epoch (validation too).
+    accumulated = config_to_dict(tiny_cfg(model={"dropout": 0.0}, optim={"accum_steps": 2},
+                                          train={"max_steps": 2}))
+    runs = [with_dropout, no_dropout, accumulated]
+    results = launch(_train_worker, runs, str(tmp_path / "ddp"), log_dir=tmp_path / "logs")
+    r0, r1 = results[0], results[1]
+
+    for k, raw in enumerate(runs):
+        a, b = r0[k], r1[k]
+        assert a["step"] == b["step"] == raw["train"]["max_steps"]
+        # Every rank holds exactly the same parameters (DDP averages the gradients) ...
+        for name in a["params"]:
+            assert torch.equal(a["params"][name], b["params"][name]), name
+        # ... from disjoint, equally long shards of the epoch's batches.
+        assert len(a["shards"]) == len(b["shards"]) == 4
+        seen0 = {i for batch in a["shards"] for i in batch}
+        seen1 = {i for batch in b["shards"] for i in batch}
+        assert not seen0 & seen1 and len(seen0 | seen1) == 128
+    # Dropout draws differ between ranks (rank-specific seeds), while the run repeats from the config.
+    assert not torch.equal(r0[0]["rng"], r1[0]["rng"])
+
+    # With dropout 0: one process, same initial weights, each step on the union of both ranks'
+    # batches, takes the same steps (sentences of many lengths: the ranks' token counts differ).
+    for k in (1, 2):
+        ref = _single_process_twin(runs[k], tmp_path / f"single{k}")
+        steps, accum = runs[k]["train"]["max_steps"], runs[k]["optim"]["accum_steps"]
+        assert [i for b in ref.train_batches.batches(0)[:steps * accum] for i in b] == \
+            [i for j in range(steps * accum) for i in r0[k]["shards"][j] + r1[k]["shards"][j]]
+        assert len({len(ref.exp.splits["train"].pairs[i][1]) for i in range(128)}) > 3
+        ref.fit()
+        assert ref.progress.step == steps
+        _assert_same_training(r0[k]["params"], ref, tmp_path / f"check{k}")
 
 
 @pytest.mark.parametrize("mode", ["kill", "hang"])
@@ -320,7 +364,7 @@ def test_failed_worker_makes_the_launcher_fail_quickly(tmp_path, mode):
         explained = True
     if explained:
         assert "error: rank 0 of 2: lost contact with another training process" in err, err[-3000:]
-        assert f"--resume {run_dir}" in err
+        assert "No checkpoint was written yet" in err  # it fails at step 3, before any checkpoint
 
 
 def test_sigterm_on_one_rank_stops_all_after_the_same_step(tmp_path):
