@@ -384,7 +384,6 @@ def bench_training(opts: BenchOptions, data: BenchData, log=print) -> dict:
     batches = [collate(data.train, idx) for idx in data.batches]
     tokens = sum(b.num_tokens for b in batches)
     src_lens = [n for b in batches for n in b.src_lens]
-    tgt_lens = [n for b in batches for n in b.tgt_lens]
     padded = sum(len(b) * (max(b.src_lens) + max(b.tgt_lens)) for b in batches)
     collate_s = [_timed(lambda idx=idx: collate(data.train, idx)) for idx in data.batches]
     out = {"data": data.source, "batches": len(batches), "tokens": tokens, "max_tokens": data.max_tokens,

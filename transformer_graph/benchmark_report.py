@@ -96,7 +96,7 @@ def _training_md(t: dict) -> list[str]:
     lines += _table(header, rows)
     lines += ["Same weights, same first batch, eval mode: relative difference of the per-token loss.", ""]
     lines += _table(["size", "parameters", "graph vs dense (fp32)", "graph bf16 vs fp32", "dense bf16 vs fp32"], agree)
-    lines += [f"![training](figures/benchmark_training.png)", ""]
+    lines += ["![training](figures/benchmark_training.png)", ""]
     return lines
 
 

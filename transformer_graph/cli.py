@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from .checkpoint import CheckpointError
-from .config import ConfigError, config_from_dict, load_config
+from .config import ConfigError, load_config
 
 
 def _fail(err: Exception) -> "None":

@@ -22,7 +22,7 @@ maximum length, and decoding stops as soon as every sentence has stopped.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch

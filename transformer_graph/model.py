@@ -74,7 +74,54 @@ def init_weights(model: nn.Module, embed_init_std: float | None = None) -> None:
             nn.init.normal_(emb.weight, 0.0, embed_init_std)
 
 
-class GraphTransformer(nn.Module):
+def check_model_args(src_vocab: int, tgt_vocab: int, d_model: int, d_ff: int, heads: int, max_len: int,
+                     dropout: float, share_embeddings: bool, **more_positive_ints) -> None:
+    """The argument checks every encoder-decoder model here shares (clear ValueErrors)."""
+    ints = dict(src_vocab=src_vocab, tgt_vocab=tgt_vocab, d_model=d_model, d_ff=d_ff, heads=heads,
+                max_len=max_len, **more_positive_ints)
+    for name, value in ints.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    if d_model % heads != 0:
+        raise ValueError(f"d_model={d_model} must be divisible by heads={heads}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout: expected a value in [0, 1), got {dropout!r}")
+    if share_embeddings and src_vocab != tgt_vocab:
+        raise ValueError(f"share_embeddings needs one joint vocabulary, got src_vocab={src_vocab} "
+                         f"and tgt_vocab={tgt_vocab}")
+
+
+class EncoderDecoder(nn.Module):
+    """What every encoder-decoder model here shares: encode the source graph, decode the
+    target graph against the memory, generate log-probabilities.
+
+    Subclasses provide ``embed_src``/``embed_tgt``, ``encoder``, ``decoder`` and
+    ``generator``; ``_after_forward`` is a hook for per-batch bookkeeping.
+    """
+
+    def encode(self, batch: GraphBatch, need_weights: bool = False):
+        return self.encoder(batch.graphs.enc, self.embed_src(batch.src, batch.src_pos), need_weights)
+
+    def log_probs(self, h: torch.Tensor) -> torch.Tensor:
+        """The generator: linear map to the vocabulary, then log-softmax."""
+        return F.log_softmax(self.generator(h), dim=-1)
+
+    def _after_forward(self) -> None:
+        """Called after each forward pass (the Universal Transformer collects ACT statistics)."""
+
+    def forward(self, batch: GraphBatch, return_attention: bool = False):
+        memory, w_enc = self.encode(batch, return_attention)
+        h, w_dec, w_cross = self.decoder(batch.graphs.dec, batch.graphs.cross,
+                                         self.embed_tgt(batch.tgt, batch.tgt_pos), memory,
+                                         return_attention)
+        self._after_forward()
+        logp = self.log_probs(h)
+        if return_attention:
+            return logp, {"enc": w_enc, "dec": w_dec, "cross": w_cross}
+        return logp
+
+
+class GraphTransformer(EncoderDecoder):
     """Encoder-decoder Transformer whose attention is message passing on graphs.
 
     ``forward(batch)`` takes a :class:`~transformer_graph.batch.GraphBatch` and
@@ -88,17 +135,8 @@ class GraphTransformer(nn.Module):
                  aggregator: str = "attention", embed_init_std: float | None = None):
         super().__init__()
         attention_cls = get_aggregator(aggregator)  # phi/□ of every attention block
-        for name, value in (("src_vocab", src_vocab), ("tgt_vocab", tgt_vocab), ("layers", layers),
-                            ("d_model", d_model), ("d_ff", d_ff), ("heads", heads), ("max_len", max_len)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-        if d_model % heads != 0:
-            raise ValueError(f"d_model={d_model} must be divisible by heads={heads}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout: expected a value in [0, 1), got {dropout!r}")
-        if share_embeddings and src_vocab != tgt_vocab:
-            raise ValueError(f"share_embeddings needs one joint vocabulary, got src_vocab={src_vocab} "
-                             f"and tgt_vocab={tgt_vocab}")
+        check_model_args(src_vocab, tgt_vocab, d_model, d_ff, heads, max_len, dropout, share_embeddings,
+                         layers=layers)
         self.config = dict(src_vocab=src_vocab, tgt_vocab=tgt_vocab, layers=layers, d_model=d_model,
                            d_ff=d_ff, heads=heads, dropout=dropout, norm_first=norm_first,
                            share_embeddings=share_embeddings, tie_generator=tie_generator,
@@ -128,22 +166,6 @@ class GraphTransformer(nn.Module):
     def embed_tgt(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         return self.embed_dropout(self.tgt_embed(ids) + self.pos(pos, "tgt"))
 
-    def encode(self, batch: GraphBatch, need_weights: bool = False):
-        return self.encoder(batch.graphs.enc, self.embed_src(batch.src, batch.src_pos), need_weights)
-
-    def log_probs(self, h: torch.Tensor) -> torch.Tensor:
-        """The generator: linear map to the vocabulary, then log-softmax."""
-        return F.log_softmax(self.generator(h), dim=-1)
-
-    def forward(self, batch: GraphBatch, return_attention: bool = False):
-        memory, w_enc = self.encode(batch, return_attention)
-        h, w_dec, w_cross = self.decoder(batch.graphs.dec, batch.graphs.cross,
-                                         self.embed_tgt(batch.tgt, batch.tgt_pos), memory,
-                                         return_attention)
-        logp = self.log_probs(h)
-        if return_attention:
-            return logp, {"enc": w_enc, "dec": w_dec, "cross": w_cross}
-        return logp
 
 
 def make_model(src_vocab: int, tgt_vocab: int, layers: int = 6, d_model: int = 512, d_ff: int = 2048,

@@ -10,7 +10,6 @@ random state, so ``--resume RUN_DIR`` continues exactly where the run stopped.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
@@ -20,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_save, load_checkpoint, rng_state, save_checkpoint
-from .config import Config, config_from_dict, config_to_dict, save_config
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint
+from .config import Config, config_to_dict, save_config
 from .data import Batcher, Vocab, collate
 from .distributed import (Collectives, evaluators, local_device, restore_rank_rng, resume_position, seed_rank,
                           step_denominators, wrap_model)

@@ -31,14 +31,12 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .act import ACTAccumulator, ACTStats, HaltingUnit, active_subgraph, scatter_edges
 from .aggregators import get_aggregator
-from .batch import GraphBatch
 from .layers import DecoderLayer, EncoderLayer, KVHook
-from .model import PositionalEncoding, TokenEmbedding, init_weights
+from .model import EncoderDecoder, PositionalEncoding, TokenEmbedding, check_model_args, init_weights
 
 
 def check_act_args(max_depth, act_threshold, ponder_weight) -> None:
@@ -259,7 +257,7 @@ class ACTCounter:
         return out
 
 
-class UniversalTransformer(nn.Module):
+class UniversalTransformer(EncoderDecoder):
     """Encoder-decoder Universal Transformer with ACT on attention graphs.
 
     Same outer interface as :class:`~transformer_graph.model.GraphTransformer`
@@ -283,17 +281,7 @@ class UniversalTransformer(nn.Module):
                  aggregator: str = "attention", embed_init_std: float | None = None):
         super().__init__()
         attention_cls = get_aggregator(aggregator)  # phi/□ of the shared layers
-        for name, value in (("src_vocab", src_vocab), ("tgt_vocab", tgt_vocab), ("d_model", d_model),
-                            ("d_ff", d_ff), ("heads", heads), ("max_len", max_len)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-        if d_model % heads != 0:
-            raise ValueError(f"d_model={d_model} must be divisible by heads={heads}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout: expected a value in [0, 1), got {dropout!r}")
-        if share_embeddings and src_vocab != tgt_vocab:
-            raise ValueError(f"share_embeddings needs one joint vocabulary, got src_vocab={src_vocab} "
-                             f"and tgt_vocab={tgt_vocab}")
+        check_model_args(src_vocab, tgt_vocab, d_model, d_ff, heads, max_len, dropout, share_embeddings)
         check_act_args(max_depth, act_threshold, ponder_weight)
         self.config = dict(kind="universal", src_vocab=src_vocab, tgt_vocab=tgt_vocab, d_model=d_model,
                            d_ff=d_ff, heads=heads, dropout=dropout, norm_first=norm_first,
@@ -333,22 +321,6 @@ class UniversalTransformer(nn.Module):
 
     def embed_tgt(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.tgt_embed(ids), self.pos(pos, "tgt")], dim=-1)
-
-    def encode(self, batch: GraphBatch, need_weights: bool = False):
-        return self.encoder(batch.graphs.enc, self.embed_src(batch.src, batch.src_pos), need_weights)
-
-    def log_probs(self, h: torch.Tensor) -> torch.Tensor:
-        return F.log_softmax(self.generator(h), dim=-1)
-
-    def forward(self, batch: GraphBatch, return_attention: bool = False):
-        memory, w_enc = self.encode(batch, return_attention)
-        h, w_dec, w_cross = self.decoder(batch.graphs.dec, batch.graphs.cross,
-                                         self.embed_tgt(batch.tgt, batch.tgt_pos), memory, return_attention)
-        self._after_forward()
-        logp = self.log_probs(h)
-        if return_attention:
-            return logp, {"enc": w_enc, "dec": w_dec, "cross": w_cross}
-        return logp
 
     def _after_forward(self) -> None:
         enc, dec = self.encoder.last_stats, self.decoder.last_stats
