@@ -102,3 +102,9 @@ def test_cli_rejects_bad_options(capsys):
     assert "unknown task 'nope'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--budget", "0"])
+
+
+def test_step_budget_trains_every_row_the_same_number_of_steps(tmp_path):
+    row = Row("copy", "mean", "complete", ("model.aggregator=mean",))
+    r = run_row(row, budget=600.0, threads=1, runs_dir=tmp_path, extra=TINY, steps=3)
+    assert r["stopped_by"] == "max_steps=3" and r["steps"] == 3 and r["budget_steps"] == 3

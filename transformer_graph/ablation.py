@@ -113,12 +113,17 @@ class TimedTrainer(Trainer):
         return self.timed_nodes / self.timed_seconds if self.timed_seconds > 0 else None
 
 
-def row_config(row: Row, budget: float, threads: int | None, extra: list[str], config_dir: Path):
-    """The row's effective config: the task's file, the row, the common budget, ``extra``."""
+def row_config(row: Row, budget: float, threads: int | None, extra: list[str], config_dir: Path,
+               steps: int | None = None):
+    """The row's effective config: the task's file, the row, the common budget, ``extra``.
+
+    With ``steps`` every row trains exactly that many optimizer steps and ``budget`` is only a
+    safety cap: on a shared machine equal steps are the fair compute budget."""
     from .config import load_config
 
     name, task_overrides = TASKS[row.task]
-    common = [f"train.max_time={budget}", "train.max_epochs=100000", "train.max_steps=null",
+    common = [f"train.max_time={budget}", "train.max_epochs=100000",
+              f"train.max_steps={steps if steps else 'null'}",
               "train.average_last=1", "train.keep_last=1",
               # Epoch-end validation only computes the teacher-forced loss (cheap, inside the
               # budget); the decoding metrics are computed once, on the final model.
@@ -156,12 +161,13 @@ def evaluate_final(trainer, valid_limit: int | None) -> dict:
 
 
 def run_row(row: Row, budget: float, threads: int | None, runs_dir: Path, *, extra: list[str] = (),
-            valid_limit: int | None = None, config_dir: Path = ROOT / "configs") -> dict:
+            valid_limit: int | None = None, config_dir: Path = ROOT / "configs",
+            steps: int | None = None) -> dict:
     """Train and evaluate one row; returns its numbers."""
     from .structures import edges_per_token
 
     wall_start = time.perf_counter()
-    cfg = row_config(row, budget, threads, list(extra), config_dir)
+    cfg = row_config(row, budget, threads, list(extra), config_dir, steps)
     run_dir = runs_dir / row.slug
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a previous run of this very row: start clean
@@ -171,7 +177,7 @@ def run_row(row: Row, budget: float, threads: int | None, runs_dir: Path, *, ext
     train_lengths = [(n, m + 1) for n, m in trainer.exp.splits["train"].lengths]  # +1: <sos>
     edges = edges_per_token(trainer.exp.spec, train_lengths)
     result = {
-        **asdict(row), "overrides": list(row.overrides), "budget_s": budget,
+        **asdict(row), "overrides": list(row.overrides), "budget_s": budget, "budget_steps": steps,
         "threads": cfg.train.threads or torch.get_num_threads(),
         "params": sum(p.numel() for p in model.parameters()),
         "steps": summary["steps"], "epochs_completed": summary["epochs"],
@@ -232,8 +238,12 @@ def write_markdown(results: list[dict], meta: dict, path: Path, png_name: str) -
         "",
         "## Setup",
         "",
-        f"- Same wall-clock training budget for every row: **{budget:g} s** (`train.max_time`), "
-        f"same seed, {threads}; machine: {meta['machine']}; torch {meta['torch']}.",
+        (f"- Same training budget for every row: **{meta['steps']} optimizer steps** "
+         f"(`train.max_steps`; the machine was shared with other jobs, so equal steps, not equal "
+         f"seconds, is the fair compute budget; tokens/s and wall time are reported beside them), "
+         if meta.get("steps") else
+         f"- Same wall-clock training budget for every row: **{budget:g} s** (`train.max_time`), ")
+        + f"same seed, {threads}; machine: {meta['machine']}; torch {meta['torch']}.",
         "- Each row is the task's config (`configs/copy.yaml`, the same with `data.task=sort`, "
         "`configs/multi30k_cpu.yaml`) plus the row's `model.aggregator` / `model.structure` "
         "overrides, trained by the normal `Trainer`. Structures restrict "
@@ -327,6 +337,8 @@ def main(argv=None) -> list[dict]:
                                              "ablation.json and ablation.png.")
     ap.add_argument("--tasks", default="copy,sort,multi30k", help="comma-separated: copy, sort, multi30k")
     ap.add_argument("--budget", type=float, default=300.0, help="training seconds per row (train.max_time)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="train every row exactly this many optimizer steps (--budget is then a cap)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (train.threads)")
     ap.add_argument("--out", default="docs/", help="where ABLATION.md, ablation.json, ablation.png go")
     ap.add_argument("--runs-dir", default="runs/ablation", help="run directories of the rows")
@@ -350,7 +362,9 @@ def main(argv=None) -> list[dict]:
     except ValueError as err:
         ap.error(str(err))
     out, runs_dir = Path(args.out), Path(args.runs_dir)
-    meta = {"budget_s": args.budget, "threads": args.threads,
+    if args.steps is not None and args.steps < 1:
+        ap.error(f"--steps: expected a positive number of steps, got {args.steps}")
+    meta = {"budget_s": args.budget, "steps": args.steps, "threads": args.threads,
             "restrict_cross": args.restrict_cross, "machine": _machine(), "torch": torch.__version__,
             "command": " ".join(["python scripts/ablation.py", *(argv if argv is not None else sys.argv[1:])]),
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -358,17 +372,19 @@ def main(argv=None) -> list[dict]:
     if args.resume and (out / "ablation.json").exists():
         old = json.loads((out / "ablation.json").read_text())
         done = {Row(r["task"], r["aggregator"], r["structure"], tuple(r["overrides"])).slug: r
-                for r in old.get("results", []) if r.get("budget_s") == args.budget}
+                for r in old.get("results", [])
+                if r.get("budget_s") == args.budget and r.get("budget_steps") == args.steps}
     results = []
     for i, row in enumerate(rows, 1):
         if row.slug in done:
             results.append(done[row.slug])
             print(f"[{i}/{len(rows)}] {row.slug}: kept from {out / 'ablation.json'}", flush=True)
             continue
-        print(f"[{i}/{len(rows)}] {row.slug} ({args.budget:g} s) ...", flush=True)
+        print(f"[{i}/{len(rows)}] {row.slug} ({f'{args.steps} steps' if args.steps else f'{args.budget:g} s'}) ...",
+              flush=True)
         try:
             r = run_row(row, args.budget, args.threads, runs_dir, extra=args.extra,
-                        valid_limit=args.valid_limit)
+                        valid_limit=args.valid_limit, steps=args.steps)
         except (ConfigError, TrainingError, ValueError) as err:
             print(f"error: {row.slug}: {err}", file=sys.stderr)
             raise SystemExit(2)
