@@ -308,7 +308,9 @@ def plot(results: list[dict], path: Path) -> None:
         for ax in (ax_q, ax_s):
             ax.set_xticks(list(x))
             ax.set_xticklabels(labels, fontsize=7)
-    fig.suptitle(f"Same budget per row: {results[0]['budget_s']:g} s", fontsize=11)
+    steps = results[0].get("budget_steps")
+    fig.suptitle(f"Same budget per row: {steps} optimizer steps" if steps
+                 else f"Same budget per row: {results[0]['budget_s']:g} s", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
