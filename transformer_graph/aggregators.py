@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._dgl import ops
-from .attention import GraphAttention
+from .attention import GraphAttention, MessagePassingBlock
 
 AGGREGATORS = ("attention", "mean", "gat")
 
@@ -43,7 +43,7 @@ def _float32_on_cpu(*tensors: torch.Tensor):
     return tensors
 
 
-class MeanAggregation(nn.Module):
+class MeanAggregation(MessagePassingBlock):
     """Fully connected GCN layer: every in-edge weighs 1 / in-degree, no query or key.
 
     out_i = W_o (1/|N(i)| sum_{j in N(i)} W_v h_j). The value and output projections
@@ -95,18 +95,8 @@ class MeanAggregation(nn.Module):
         out = self.out_proj(out)
         return out, (weights.expand(-1, self.heads).detach() if need_weights else None)
 
-    def forward(self, graph, x_query: torch.Tensor, x_key: torch.Tensor | None = None,
-                need_weights: bool = False):
-        """Same contract as :meth:`GraphAttention.forward`."""
-        if x_key is None:
-            q, k, v = self.project_qkv(x_query)
-        else:
-            q = self.project_q(x_query)
-            k, v = self.project_kv(x_key)
-        return self.attend(graph, q, k, v, need_weights)
 
-
-class GATAggregation(nn.Module):
+class GATAggregation(MessagePassingBlock):
     """Multi-head GAT: score LeakyReLU(a^T [W h_i || W h_j]), softmax over in-edges.
 
     One shared map W (d_model -> heads x d_k) for every node, as in GAT; per head,
@@ -168,16 +158,6 @@ class GATAggregation(nn.Module):
         out, weights = self.aggregate(graph, self.message(graph, q, k), v)
         out = self.out_proj(out.reshape(out.shape[0], self.d_model))
         return out, (weights.squeeze(-1).detach() if need_weights else None)
-
-    def forward(self, graph, x_query: torch.Tensor, x_key: torch.Tensor | None = None,
-                need_weights: bool = False):
-        """Same contract as :meth:`GraphAttention.forward`."""
-        if x_key is None:
-            q, k, v = self.project_qkv(x_query)
-        else:
-            q = self.project_q(x_query)
-            k, v = self.project_kv(x_key)
-        return self.attend(graph, q, k, v, need_weights)
 
 
 _CLASSES: dict[str, Callable[..., nn.Module]] = {

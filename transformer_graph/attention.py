@@ -30,7 +30,30 @@ from . import sparse_attention
 from ._dgl import ops
 
 
-class GraphAttention(nn.Module):
+class MessagePassingBlock(nn.Module):
+    """What every phi/□ block shares (dot-product attention, the GCN mean, GAT): project the
+    query and key nodes, then :meth:`attend` on the graph. Subclasses provide
+    ``project_qkv``, ``project_q``, ``project_kv`` and ``attend``; layers, the incremental
+    decoder and the attention pictures use only these.
+    """
+
+    def forward(self, graph, x_query: torch.Tensor, x_key: torch.Tensor | None = None,
+                need_weights: bool = False):
+        """Self-attention when ``x_key`` is None (key and query nodes are the same
+        tokens), otherwise cross-attention from ``x_key`` nodes to ``x_query`` nodes.
+
+        Returns ``(out, weights)`` with ``out`` of shape (num_query_nodes, d_model) and
+        ``weights`` of shape (num_edges, heads) when ``need_weights`` else None.
+        """
+        if x_key is None:
+            q, k, v = self.project_qkv(x_query)
+        else:
+            q = self.project_q(x_query)
+            k, v = self.project_kv(x_key)
+        return self.attend(graph, q, k, v, need_weights)
+
+
+class GraphAttention(MessagePassingBlock):
     """Multi-head attention where query node i attends to its in-neighbours j.
 
     Args:
@@ -99,18 +122,3 @@ class GraphAttention(nn.Module):
             weights = weights.squeeze(-1)
         out = self.out_proj(out.reshape(out.shape[0], self.d_model))
         return out, (weights.detach() if need_weights else None)
-
-    def forward(self, graph, x_query: torch.Tensor, x_key: torch.Tensor | None = None,
-                need_weights: bool = False):
-        """Self-attention when ``x_key`` is None (key and query nodes are the same
-        tokens), otherwise cross-attention from ``x_key`` nodes to ``x_query`` nodes.
-
-        Returns ``(out, weights)`` with ``out`` of shape (num_query_nodes, d_model) and
-        ``weights`` of shape (num_edges, heads) when ``need_weights`` else None.
-        """
-        if x_key is None:
-            q, k, v = self.project_qkv(x_query)
-        else:
-            q = self.project_q(x_query)
-            k, v = self.project_kv(x_key)
-        return self.attend(graph, q, k, v, need_weights)
