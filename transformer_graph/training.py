@@ -404,8 +404,19 @@ class Trainer:
         if len(paths) < 2:
             return None
         states = [load_checkpoint(q)["model"] for q in paths]
-        avg = {k: sum(s[k].double() for s in states).div(len(states)).to(states[0][k].dtype)
-               if states[0][k].is_floating_point() else states[0][k] for k in states[0]}
+        # Tied weights (shared embeddings, generator) appear under several keys of one
+        # storage: average each storage once and keep the sharing, so the file is no bigger.
+        ref = getattr(self.model, "module", self.model).state_dict()
+        by_storage: dict = {}
+        avg = {}
+        for k, t in states[0].items():
+            if not t.is_floating_point():
+                avg[k] = t
+                continue
+            ptr = ref[k].untyped_storage().data_ptr() if k in ref else id(t)
+            if ptr not in by_storage:
+                by_storage[ptr] = sum(s[k].double() for s in states).div(len(states)).to(t.dtype)
+            avg[k] = by_storage[ptr]
         state = self.checkpoint_state()
         state["model"] = avg
         state["averaged_from"] = [q.name for q in paths]
