@@ -58,6 +58,13 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     return ckpt
 
 
+def last_checkpoint_status(run_dir) -> str:
+    """What a user who must stop can rely on: the run's ``last.pt``, if it exists."""
+    last = Path(run_dir) / "last.pt"
+    return (f"The last good checkpoint {last} is intact: continue with --resume {run_dir}"
+            if last.exists() else "No checkpoint was written yet")
+
+
 def rng_state() -> dict:
     """Every random state the training loop draws from (dropout, shuffles)."""
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),

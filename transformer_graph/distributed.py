@@ -65,12 +65,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
-from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from .checkpoint import last_checkpoint_status
 
 ENV_TIMEOUT = "TG_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300.0
@@ -193,9 +194,7 @@ def is_comm_failure(err: BaseException) -> bool:
 def explain_failure(err: BaseException, ctx: DistContext, run_dir) -> DistributedError:
     """One clear message for a collective that failed because another process died or hung."""
     first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
-    last = Path(run_dir) / "last.pt"
-    kept = (f"The last checkpoint {last} is intact: continue with --resume {run_dir}" if last.exists()
-            else "No checkpoint was written yet")
+    kept = last_checkpoint_status(run_dir)
     return DistributedError(
         f"rank {ctx.rank} of {ctx.world_size}: lost contact with another training process "
         f"({first[:300]}). Another worker died, raised an error or hung for more than "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint
+from .checkpoint import last_checkpoint_status, load_checkpoint, rng_state, save_checkpoint
 from .config import Config, config_to_dict, save_config
 from .data import Batcher, Vocab, collate
 from .distributed import (Collectives, evaluators, local_device, restore_rank_rng, resume_position, seed_rank,
@@ -292,12 +292,10 @@ class Trainer:
                 ntok = batch.labels.numel()
                 loss = loss_sum / ntok
                 if not torch.isfinite(loss):
-                    last = self.run_dir / "last.pt"
-                    kept = (f"The last good checkpoint {last} is intact" if last.exists()
-                            else "No checkpoint was written yet")
                     raise TrainingError(
                         f"non-finite loss ({float(loss)}) at epoch {self.progress.epoch + 1}, step "
-                        f"{self.progress.step + 1}; stopping. {kept} (try a smaller optim.factor or "
+                        f"{self.progress.step + 1}; stopping. {last_checkpoint_status(self.run_dir)} "
+                        f"(try a smaller optim.factor or "
                         f"set optim.clip_grad)")
                 main = loss if denoms is None else loss_sum / denoms[i]
                 # A loss term the model computes in its forward pass (the Universal Transformer's
