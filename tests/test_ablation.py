@@ -108,3 +108,54 @@ def test_step_budget_trains_every_row_the_same_number_of_steps(tmp_path):
     row = Row("copy", "mean", "complete", ("model.aggregator=mean",))
     r = run_row(row, budget=600.0, threads=1, runs_dir=tmp_path, extra=TINY, steps=3)
     assert r["stopped_by"] == "max_steps=3" and r["steps"] == 3 and r["budget_steps"] == 3
+
+
+def test_budgets_and_overrides_can_differ_per_task():
+    from transformer_graph.ablation import per_task, task_overrides
+    assert per_task("--steps", "300", ["copy", "sort"], int) == {"copy": 300, "sort": 300}
+    assert per_task("--steps", None, ["copy"], int) == {"copy": None}
+    assert per_task("--budget", "copy=60,multi30k=3600", ["copy", "sort", "multi30k"]) == \
+        {"copy": 60.0, "sort": None, "multi30k": 3600.0}
+    with pytest.raises(ValueError, match="--steps: unknown task 'cpy'"):
+        per_task("--steps", "cpy=3", ["copy"], int)
+    with pytest.raises(ValueError, match="--steps: copy='x' is not a int"):
+        per_task("--steps", "copy=x", ["copy"], int)
+    with pytest.raises(ValueError, match="expected a number or task=number pairs"):
+        per_task("--budget", "lots", ["copy"])
+    extra = ["viz.example=null", "multi30k:optim.warmup=400", "data.path=/a:b"]
+    assert task_overrides(extra, "copy") == ["viz.example=null", "data.path=/a:b"]
+    assert task_overrides(extra, "multi30k") == ["viz.example=null", "optim.warmup=400", "data.path=/a:b"]
+    with pytest.raises(ValueError, match="unknown task 'm30k'"):
+        task_overrides(["m30k:optim.warmup=4"], "copy")
+
+
+def test_resume_keeps_only_rows_with_the_same_budget_and_overrides(tmp_path, monkeypatch, capsys):
+    import transformer_graph.ablation as ablation
+
+    ran = []
+
+    def fake_run_row(row, budget, threads, runs_dir, *, extra=(), valid_limit=None, steps=None):
+        ran.append(row.slug)
+        return fake_result(row.task, row.aggregator, row.structure, overrides=list(row.overrides),
+                           extra=list(extra), budget_s=budget, budget_steps=steps, valid_exact_match=0.5)
+
+    monkeypatch.setattr(ablation, "run_row", fake_run_row)
+    monkeypatch.setattr(ablation, "grid", lambda tasks, rc=False: [r for r in grid(tasks, rc)
+                                                                    if r.structure == "complete"])
+    base = ["--out", str(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--threads", "1"]
+    main(["--tasks", "copy", "--steps", "5", "--budget", "60", "--set", "viz.example=null", *base])
+    assert len(ran) == 3
+    ran.clear()
+    # Same budget and overrides for copy: kept; sort is new: run. A sort-only override does not
+    # change what copy's rows were trained with.
+    main(["--tasks", "copy,sort", "--steps", "copy=5,sort=7", "--budget", "60", "--set", "viz.example=null",
+          "--set", "sort:optim.warmup=9", "--resume", *base])
+    assert ran == ["sort-attention-complete", "sort-mean-complete", "sort-gat-complete"]
+    assert "copy-attention-complete: kept" in capsys.readouterr().out
+    md = (tmp_path / "ABLATION.md").read_text()
+    assert "copy: **5 optimizer steps**; sort: **7 optimizer steps**" in md
+    assert "Overrides for every sort row: `optim.warmup=9`, `viz.example=null`." in md
+    ran.clear()
+    # Another override for copy: its rows are trained again.
+    main(["--tasks", "copy", "--steps", "5", "--budget", "60", "--resume", *base])
+    assert len(ran) == 3

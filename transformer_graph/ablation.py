@@ -177,7 +177,8 @@ def run_row(row: Row, budget: float, threads: int | None, runs_dir: Path, *, ext
     train_lengths = [(n, m + 1) for n, m in trainer.exp.splits["train"].lengths]  # +1: <sos>
     edges = edges_per_token(trainer.exp.spec, train_lengths)
     result = {
-        **asdict(row), "overrides": list(row.overrides), "budget_s": budget, "budget_steps": steps,
+        **asdict(row), "overrides": list(row.overrides), "extra": list(extra),
+        "budget_s": budget, "budget_steps": steps,
         "threads": cfg.train.threads or torch.get_num_threads(),
         "params": sum(p.numel() for p in model.parameters()),
         "steps": summary["steps"], "epochs_completed": summary["epochs"],
@@ -222,10 +223,21 @@ def _interpretation(path: Path) -> str:
     return PLACEHOLDER
 
 
+def _budget(rows: list[dict]) -> str:
+    """The budget the rows of one task trained under (a task's rows share one)."""
+    steps = sorted({r.get("budget_steps") for r in rows}, key=str)
+    if steps != [None]:
+        return " / ".join(f"{s} optimizer steps" if s else "mixed" for s in steps)
+    return " / ".join(f"{b:g} s" for b in sorted({r["budget_s"] for r in rows}))
+
+
 def write_markdown(results: list[dict], meta: dict, path: Path, png_name: str) -> None:
-    budget = meta["budget_s"]
     threads = (f"{meta['threads']} CPU thread(s)" if meta["threads"]
                else "CPU threads as each task config's train.threads")
+    by_task = {t: [r for r in results if r["task"] == t] for t in dict.fromkeys(r["task"] for r in results)}
+    budgets = "; ".join(f"{task}: **{_budget(rows)}**" for task, rows in by_task.items())
+    equal_steps = all(r.get("budget_steps") for r in results)
+    extras = {task: sorted({x for r in rows for x in r.get("extra", [])}) for task, rows in by_task.items()}
     lines = [
         "# Ablation: aggregators and attention structures",
         "",
@@ -238,12 +250,15 @@ def write_markdown(results: list[dict], meta: dict, path: Path, png_name: str) -
         "",
         "## Setup",
         "",
-        (f"- Same training budget for every row: **{meta['steps']} optimizer steps** "
-         f"(`train.max_steps`; the machine was shared with other jobs, so equal steps, not equal "
-         f"seconds, is the fair compute budget; tokens/s and wall time are reported beside them), "
-         if meta.get("steps") else
-         f"- Same wall-clock training budget for every row: **{budget:g} s** (`train.max_time`), ")
+        f"- Same training budget for every row of a task — {budgets} — "
+        + ("(`train.max_steps`; the machine was shared with other jobs, so equal steps, not equal "
+           "seconds, is the fair compute budget; tokens/s and wall time are reported beside them), "
+           if equal_steps else "(`train.max_time` / `train.max_steps`), ")
         + f"same seed, {threads}; machine: {meta['machine']}; torch {meta['torch']}.",
+    ]
+    lines += [f"- Overrides for every {task} row: " + ", ".join(f"`{x}`" for x in xs) + "."
+              for task, xs in extras.items() if xs]
+    lines += [
         "- Each row is the task's config (`configs/copy.yaml`, the same with `data.task=sort`, "
         "`configs/multi30k_cpu.yaml`) plus the row's `model.aggregator` / `model.structure` "
         "overrides, trained by the normal `Trainer`. Structures restrict "
@@ -264,8 +279,8 @@ def write_markdown(results: list[dict], meta: dict, path: Path, png_name: str) -
         "## Results",
         "",
     ]
-    for task in dict.fromkeys(r["task"] for r in results):
-        lines += [f"### {task}", "", markdown_table([r for r in results if r["task"] == task]), ""]
+    for task, rows in by_task.items():
+        lines += [f"### {task}", "", markdown_table(rows), ""]
     lines += [f"![ablation]({png_name})", "", "## What the numbers say", "",
               INTERPRETATION_START, _interpretation(path), INTERPRETATION_END, ""]
     path.write_text("\n".join(lines), encoding="utf-8")
@@ -293,7 +308,8 @@ def plot(results: list[dict], path: Path) -> None:
             values, what = [100 * r.get("valid_exact_match", 0.0) for r in rows], "valid exact match %"
         ax_q.bar(x, values, color=colour)
         ax_q.plot(x, [100 * r["valid_acc"] for r in rows], "k_", markersize=18, label="token acc %")
-        ax_q.set_title(f"{task}: {what} (bars), token accuracy % (lines)", fontsize=10)
+        ax_q.set_title(f"{task} ({_budget(rows)} per row): {what} (bars), token accuracy % (lines)",
+                       fontsize=10)
         top = max(max(values), 100 * max(r["valid_acc"] for r in rows))
         ax_q.set_ylim(0, 105 if what.endswith("%") else 1.1 * top + 1)
         ax_q.legend(fontsize=8, loc="best")
@@ -308,9 +324,6 @@ def plot(results: list[dict], path: Path) -> None:
         for ax in (ax_q, ax_s):
             ax.set_xticks(list(x))
             ax.set_xticklabels(labels, fontsize=7)
-    steps = results[0].get("budget_steps")
-    fig.suptitle(f"Same budget per row: {steps} optimizer steps" if steps
-                 else f"Same budget per row: {results[0]['budget_s']:g} s", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -334,13 +347,61 @@ def write_reports(results: list[dict], meta: dict, out: Path) -> dict[str, Path]
 # --------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------
+def per_task(option: str, value: str | None, tasks: list[str], kind=float) -> dict[str, object]:
+    """``N`` (every task) or ``task=N,task=N`` (each named task; unnamed ones get none).
+
+    Tasks differ by orders of magnitude in cost (a copy step vs a Multi30k step), so one
+    number cannot be a sensible budget for all of them; within a task every row still
+    gets the same one."""
+    if value is None:
+        return {t: None for t in tasks}
+    value = value.strip()
+    if "=" not in value:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise ValueError(f"{option}: expected a number or task=number pairs, got {value!r}") from None
+        return {t: number for t in tasks}
+    out: dict[str, object] = {t: None for t in tasks}
+    for part in value.split(","):
+        task, _, number = part.partition("=")
+        task = task.strip()
+        if task not in TASKS:
+            raise ValueError(f"{option}: unknown task {task!r} in {value!r}; expected some of {', '.join(TASKS)}")
+        try:
+            out[task] = kind(number)
+        except ValueError:
+            raise ValueError(f"{option}: {task}={number!r} is not a {kind.__name__}") from None
+    return out
+
+
+def task_overrides(extra: list[str], task: str) -> list[str]:
+    """The ``--set`` overrides that apply to ``task``: plain ``KEY=VALUE`` ones and
+    ``TASK:KEY=VALUE`` ones naming this task."""
+    out = []
+    for item in extra:
+        head, sep, _ = item.partition("=")
+        if sep and ":" in head:
+            name, _, rest = item.partition(":")
+            if name not in TASKS:
+                raise ValueError(f"--set {item!r}: unknown task {name!r}; expected some of {', '.join(TASKS)}")
+            if name == task:
+                out.append(rest)
+        else:
+            out.append(item)
+    return out
+
+
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description="Aggregator x structure ablation; writes ABLATION.md, "
                                              "ablation.json and ablation.png.")
     ap.add_argument("--tasks", default="copy,sort,multi30k", help="comma-separated: copy, sort, multi30k")
-    ap.add_argument("--budget", type=float, default=300.0, help="training seconds per row (train.max_time)")
-    ap.add_argument("--steps", type=int, default=None,
-                    help="train every row exactly this many optimizer steps (--budget is then a cap)")
+    ap.add_argument("--budget", default="300",
+                    help="training seconds per row (train.max_time): N for every task, or per task "
+                         "as copy=N,sort=N,multi30k=N")
+    ap.add_argument("--steps", default=None,
+                    help="train every row exactly this many optimizer steps (--budget is then a cap): "
+                         "N, or per task as copy=N,multi30k=N")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (train.threads)")
     ap.add_argument("--out", default="docs/", help="where ABLATION.md, ablation.json, ablation.png go")
     ap.add_argument("--runs-dir", default="runs/ablation", help="run directories of the rows")
@@ -349,24 +410,29 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--restrict-cross", action="store_true",
                     help="apply window structures to encoder-decoder attention too (aligned window)")
     ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override for every row, e.g. --set data.path=data/multi30k (repeatable)")
+                    help="config override for every row, e.g. --set data.path=data/multi30k, or for one "
+                         "task's rows: --set multi30k:optim.warmup=400 (repeatable)")
     ap.add_argument("--resume", action="store_true",
                     help="keep rows already in OUT/ablation.json with the same budget; run the rest")
     args = ap.parse_args(argv)
     from .config import ConfigError
     from .training import TrainingError
 
-    if args.budget <= 0:
-        ap.error(f"--budget: expected a positive number of seconds, got {args.budget}")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     try:
         rows = grid(tasks, args.restrict_cross)
+        budgets = per_task("--budget", args.budget, tasks)
+        steps = per_task("--steps", args.steps, tasks, int)
+        extras = {t: task_overrides(args.extra, t) for t in tasks}
     except ValueError as err:
         ap.error(str(err))
+    for task in tasks:
+        if budgets[task] is None or budgets[task] <= 0:
+            ap.error(f"--budget: expected a positive number of seconds for {task}, got {budgets[task]}")
+        if steps[task] is not None and steps[task] < 1:
+            ap.error(f"--steps: expected a positive number of steps for {task}, got {steps[task]}")
     out, runs_dir = Path(args.out), Path(args.runs_dir)
-    if args.steps is not None and args.steps < 1:
-        ap.error(f"--steps: expected a positive number of steps, got {args.steps}")
-    meta = {"budget_s": args.budget, "steps": args.steps, "threads": args.threads,
+    meta = {"budget_s": budgets, "steps": steps, "extra": extras, "threads": args.threads,
             "restrict_cross": args.restrict_cross, "machine": _machine(), "torch": torch.__version__,
             "command": " ".join(["python scripts/ablation.py", *(argv if argv is not None else sys.argv[1:])]),
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -375,18 +441,20 @@ def main(argv=None) -> list[dict]:
         old = json.loads((out / "ablation.json").read_text())
         done = {Row(r["task"], r["aggregator"], r["structure"], tuple(r["overrides"])).slug: r
                 for r in old.get("results", [])
-                if r.get("budget_s") == args.budget and r.get("budget_steps") == args.steps}
+                if r["task"] in tasks and r.get("budget_s") == budgets[r["task"]]
+                and r.get("budget_steps") == steps[r["task"]] and r.get("extra") == extras[r["task"]]}
     results = []
     for i, row in enumerate(rows, 1):
         if row.slug in done:
             results.append(done[row.slug])
             print(f"[{i}/{len(rows)}] {row.slug}: kept from {out / 'ablation.json'}", flush=True)
             continue
-        print(f"[{i}/{len(rows)}] {row.slug} ({f'{args.steps} steps' if args.steps else f'{args.budget:g} s'}) ...",
+        n_steps, budget = steps[row.task], budgets[row.task]
+        print(f"[{i}/{len(rows)}] {row.slug} ({f'{n_steps} steps' if n_steps else f'{budget:g} s'}) ...",
               flush=True)
         try:
-            r = run_row(row, args.budget, args.threads, runs_dir, extra=args.extra,
-                        valid_limit=args.valid_limit, steps=args.steps)
+            r = run_row(row, budget, args.threads, runs_dir, extra=extras[row.task],
+                        valid_limit=args.valid_limit, steps=n_steps)
         except (ConfigError, TrainingError, ValueError) as err:
             print(f"error: {row.slug}: {err}", file=sys.stderr)
             raise SystemExit(2)
