@@ -105,12 +105,14 @@ def step_figure(tables: dict[str, np.ndarray], history: list[dict] | None = None
     if history:
         ax = axes[-1]
         epochs = [h.get("epoch", i) + 1 for i, h in enumerate(history)]  # logged before the epoch count moves on
+        labelled = set()  # one legend entry per step (colour), from whichever side reaches it
         for side, style in (("enc", "-"), ("dec", "--")):
             for k in range(1, depth):  # every node enters step 1: start at step 2
                 ys = [h.get(f"{side}_enter_{k + 1}") for h in history]
                 if all(y is not None for y in ys) and any(ys):
                     ax.plot(epochs, ys, style, color=colors[k], marker=".",
-                            label=f"step {k + 1}" if side == "enc" else None)
+                            label=None if k in labelled else f"step {k + 1}")
+                    labelled.add(k)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch", fontsize=9)
         ax.set_ylabel("fraction of nodes entering step", fontsize=9)
