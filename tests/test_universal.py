@@ -410,3 +410,18 @@ def test_training_logs_act_statistics_and_plot_shows_steps(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(result["mean_steps"]) == {"enc", "dec"} and result["epochs_in_history"] == 1
     assert all(1.0 <= m <= 4.0 for m in result["mean_steps"].values())
+
+
+def test_history_legend_names_every_step_once_whichever_side_reaches_it():
+    import numpy as np
+
+    from transformer_graph.act_plot import step_figure
+
+    tables = {"enc": np.array([[5, 0, 0, 0]]), "dec": np.array([[1, 2, 2, 0]])}
+    # The encoder stops at step 2; only the decoder reaches step 3 (the sort run's shape).
+    history = [{"epoch": 0, "enc_enter_2": 0.5, "enc_enter_3": 0.0, "enc_enter_4": 0.0,
+                "dec_enter_2": 0.8, "dec_enter_3": 0.4, "dec_enter_4": 0.0}]
+    fig = step_figure(tables, history)
+    (ax,) = [a for a in fig.axes if a.get_title().startswith("computation during training")]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["step 2", "step 3"]
