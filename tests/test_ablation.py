@@ -159,3 +159,13 @@ def test_resume_keeps_only_rows_with_the_same_budget_and_overrides(tmp_path, mon
     # Another override for copy: its rows are trained again.
     main(["--tasks", "copy", "--steps", "5", "--budget", "60", "--resume", *base])
     assert len(ran) == 3
+
+
+def test_rows_option_selects_rows_by_name():
+    from transformer_graph.ablation import select_rows
+    rows = grid(["copy", "multi30k"])
+    assert select_rows(rows, None) == rows
+    picked = select_rows(rows, "multi30k-attention-window-w-3, multi30k-attention-complete")
+    assert [r.slug for r in picked] == ["multi30k-attention-complete", "multi30k-attention-window-w-3"]
+    with pytest.raises(ValueError, match="--rows: unknown row\\(s\\) 'multi30k-attn'"):
+        select_rows(rows, "multi30k-attn")

@@ -392,6 +392,19 @@ def task_overrides(extra: list[str], task: str) -> list[str]:
     return out
 
 
+def select_rows(rows: list[Row], names: str | None) -> list[Row]:
+    """The rows named in ``--rows`` (all when None), in grid order."""
+    if names is None:
+        return rows
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    known = {r.slug for r in rows}
+    unknown = [n for n in wanted if n not in known]
+    if unknown or not wanted:
+        raise ValueError(f"--rows: unknown row(s) {', '.join(map(repr, unknown)) or repr(names)}; the grid of "
+                         f"these tasks has: {', '.join(sorted(known))}")
+    return [r for r in rows if r.slug in wanted]
+
+
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description="Aggregator x structure ablation; writes ABLATION.md, "
                                              "ablation.json and ablation.png.")
@@ -412,6 +425,9 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every row, e.g. --set data.path=data/multi30k, or for one "
                          "task's rows: --set multi30k:optim.warmup=400 (repeatable)")
+    ap.add_argument("--rows", default=None,
+                    help="run only these rows: comma-separated row names as printed (e.g. "
+                         "multi30k-attention-complete,multi30k-attention-window-w-3)")
     ap.add_argument("--resume", action="store_true",
                     help="keep rows already in OUT/ablation.json with the same budget; run the rest")
     args = ap.parse_args(argv)
@@ -420,7 +436,7 @@ def main(argv=None) -> list[dict]:
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     try:
-        rows = grid(tasks, args.restrict_cross)
+        rows = select_rows(grid(tasks, args.restrict_cross), args.rows)
         budgets = per_task("--budget", args.budget, tasks)
         steps = per_task("--steps", args.steps, tasks, int)
         extras = {t: task_overrides(args.extra, t) for t in tasks}
