@@ -225,10 +225,8 @@ def _interpretation(path: Path) -> str:
 
 def _budget(rows: list[dict]) -> str:
     """The budget the rows of one task trained under (a task's rows share one)."""
-    steps = sorted({r.get("budget_steps") for r in rows}, key=str)
-    if steps != [None]:
-        return " / ".join(f"{s} optimizer steps" if s else "mixed" for s in steps)
-    return " / ".join(f"{b:g} s" for b in sorted({r["budget_s"] for r in rows}))
+    return " / ".join(dict.fromkeys(f"{r['budget_steps']} optimizer steps" if r.get("budget_steps")
+                                    else f"{r['budget_s']:g} s" for r in rows))
 
 
 def write_markdown(results: list[dict], meta: dict, path: Path, png_name: str) -> None:
