@@ -7,7 +7,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from transformer_graph.benchmark import main  # noqa: E402
+from bench.benchmark import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,7 +5,7 @@
     python scripts/fetch_multi30k.py --force        # download again
     python scripts/fetch_multi30k.py --verify-only  # only check files and line counts
 
-The logic lives in :mod:`transformer_graph.multi30k`; this only parses arguments.
+The logic lives in :mod:`transformer_graph.data.multi30k`; this only parses arguments.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transformer_graph.data import DataError  # noqa: E402
-from transformer_graph.multi30k import BASE_URL, DEFAULT_DIR, fetch, verify_dir  # noqa: E402
+from transformer_graph.data.datasets import DataError  # noqa: E402
+from transformer_graph.data.multi30k import BASE_URL, DEFAULT_DIR, fetch, verify_dir  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from transformer_graph.viz import main  # noqa: E402
+from transformer_graph.viz.attention import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from transformer_graph.ablation import (INTERPRETATION_END, INTERPRETATION_START, PLACEHOLDER, ROOT, Row,
+from bench.ablation import (INTERPRETATION_END, INTERPRETATION_START, PLACEHOLDER, ROOT, Row,
                                         grid, main, row_config, run_row, write_reports)
 from transformer_graph.experiment import graph_spec, load_trained
-from transformer_graph.structures import Structure
+from transformer_graph.graphs.structures import Structure
 
 torch.set_num_threads(1)
 
@@ -111,7 +111,7 @@ def test_step_budget_trains_every_row_the_same_number_of_steps(tmp_path):
 
 
 def test_budgets_and_overrides_can_differ_per_task():
-    from transformer_graph.ablation import per_task, task_overrides
+    from bench.ablation import per_task, task_overrides
     assert per_task("--steps", "300", ["copy", "sort"], int) == {"copy": 300, "sort": 300}
     assert per_task("--steps", None, ["copy"], int) == {"copy": None}
     assert per_task("--budget", "copy=60,multi30k=3600", ["copy", "sort", "multi30k"]) == \
@@ -130,7 +130,7 @@ def test_budgets_and_overrides_can_differ_per_task():
 
 
 def test_resume_keeps_only_rows_with_the_same_budget_and_overrides(tmp_path, monkeypatch, capsys):
-    import transformer_graph.ablation as ablation
+    import bench.ablation as ablation
 
     ran = []
 
@@ -162,7 +162,7 @@ def test_resume_keeps_only_rows_with_the_same_budget_and_overrides(tmp_path, mon
 
 
 def test_rows_option_selects_rows_by_name():
-    from transformer_graph.ablation import select_rows
+    from bench.ablation import select_rows
     rows = grid(["copy", "multi30k"])
     assert select_rows(rows, None) == rows
     picked = select_rows(rows, "multi30k-attention-window-w-3, multi30k-attention-complete")

@@ -14,17 +14,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from transformer_graph import sparse_attention
-from transformer_graph.attention import GraphAttention
-from transformer_graph.benchmark import (ATTENTION_METHODS, BenchmarkError, BenchOptions, Window, categorize,
+from transformer_graph.message_passing import csr as sparse_attention
+from transformer_graph.message_passing.attention import GraphAttention
+from bench.benchmark import (ATTENTION_METHODS, BenchmarkError, BenchOptions, Window, categorize,
                                          evaluate_targets, main)
-from transformer_graph.decoding import beam_search
-from transformer_graph.dense import DenseTransformer, pad, unpad
-from transformer_graph.dense_decoding import dense_beam_search
-from transformer_graph.flops import ModelShape, forward_flops, training_flops
-from transformer_graph.graphs import batch_graph, bipartite, build_graphs
-from transformer_graph.model import make_model
-from transformer_graph.profiling import graph_index_bytes, peak_memory
+from transformer_graph.inference.decoding import beam_search
+from transformer_graph.nn.dense import DenseTransformer, pad, unpad
+from transformer_graph.inference.dense_decoding import dense_beam_search
+from bench.flops import ModelShape, forward_flops, training_flops
+from transformer_graph.graphs.build import batch_graph, bipartite, build_graphs
+from transformer_graph.nn.model import make_model
+from bench.profiling import graph_index_bytes, peak_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 2 ** 20
@@ -333,7 +333,7 @@ def test_tune_malloc_stops_refaulting_freed_memory():
     # A "step" allocating and freeing large tensors of a few sizes, as training does;
     # page faults per repeated step, with glibc's default settings and tuned.
     code = (
-        "import sys, torch; from transformer_graph.malloc import tune_malloc, minor_page_faults\n"
+        "import sys, torch; from transformer_graph.train.malloc import tune_malloc, minor_page_faults\n"
         "tuned = tune_malloc() if sys.argv[1] == 'tuned' else False\n"
         "def step():\n"
         "    xs = [torch.ones(2 ** 22 + 4096 * i) for i in range(6)]\n"

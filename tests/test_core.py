@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transformer_graph._dgl import dgl
-from transformer_graph.attention import GraphAttention
-from transformer_graph.batch import make_batch
-from transformer_graph.dense import DenseTransformer, torch_transformer_from
-from transformer_graph.graphs import KINDS, GraphSpec, build_graphs
-from transformer_graph.model import make_model
+from transformer_graph.graphs._dgl import dgl
+from transformer_graph.message_passing.attention import GraphAttention
+from transformer_graph.data.batch import make_batch
+from transformer_graph.nn.dense import DenseTransformer, torch_transformer_from
+from transformer_graph.graphs.build import KINDS, GraphSpec, build_graphs
+from transformer_graph.nn.model import make_model
 
 SRC_VOCAB, TGT_VOCAB = 23, 29
 SOS, EOS = 1, 2

@@ -1,4 +1,4 @@
-"""Tests of transformer_graph.data and transformer_graph.multi30k (fast: tiny inputs only)."""
+"""Tests of transformer_graph.data.datasets and transformer_graph.data.multi30k (fast: tiny inputs only)."""
 from __future__ import annotations
 
 import gzip
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from transformer_graph import multi30k
-from transformer_graph.batch import GraphBatch
-from transformer_graph.data import (
+from transformer_graph.data import multi30k
+from transformer_graph.data.batch import GraphBatch
+from transformer_graph.data.datasets import (
     SPECIALS, Batcher, DataError, DataWarning, Dataset, Vocab, build_vocabs, collate, filter_pairs,
     load_parallel_dir, load_task, make_copy_sort, read_parallel,
 )

@@ -16,17 +16,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from transformer_graph import decoding
-from transformer_graph.batch import make_batch
+from transformer_graph.inference import decoding
+from transformer_graph.data.batch import make_batch
 from transformer_graph.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from transformer_graph.config import config_from_dict, config_to_dict
-from transformer_graph.data import Vocab
-from transformer_graph.decoding import beam_search, greedy, length_penalty
-from transformer_graph.evaluation import bleu_detok, bleu_tokenized, evaluate_checkpoint, exact_match
+from transformer_graph.data.datasets import Vocab
+from transformer_graph.inference.decoding import beam_search, greedy, length_penalty
+from transformer_graph.inference.evaluation import bleu_detok, bleu_tokenized, evaluate_checkpoint, exact_match
 from transformer_graph.experiment import build_model, load_trained
-from transformer_graph.model import make_model
-from transformer_graph.training import Trainer
-from transformer_graph.translate import Translator, TruncationWarning, translate_main
+from transformer_graph.nn.model import make_model
+from transformer_graph.train.trainer import Trainer
+from transformer_graph.inference.translate import Translator, TruncationWarning, translate_main
 
 ROOT = Path(__file__).resolve().parents[1]
 V, SOS, EOS = 14, 2, 3

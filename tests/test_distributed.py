@@ -33,11 +33,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from transformer_graph import distributed as D
-from transformer_graph import training
+from transformer_graph.train import distributed as D
+from transformer_graph.train import trainer as training
 from transformer_graph.checkpoint import load_checkpoint
 from transformer_graph.config import config_from_dict, config_to_dict, load_config
-from transformer_graph.training import Trainer
+from transformer_graph.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,7 @@ def launch(fn, *args, log_dir: Path, nproc: int = 2):
     from torch.distributed.run import config_from_args, get_args_parser
 
     multiprocessing.get_context("forkserver").set_forkserver_preload(
-        ["transformer_graph.cli", "transformer_graph.training", __name__])
+        ["transformer_graph.cli.main", "transformer_graph.train.trainer", __name__])
     argv = ["--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
             "--start-method", "forkserver", "--monitor-interval", "0.2", "--log-dir", str(log_dir),
             "--redirects", "2", "unused.py"]
@@ -137,7 +137,7 @@ def _train_worker(cfg_dicts: list, run_dir: str) -> list:
 
 def _cli_worker(argv: list, env: dict, fail: str) -> None:
     """``scripts/train.py argv`` on this rank, whose rank 1 is killed, hangs or gets SIGTERM at step 3."""
-    from transformer_graph.cli import train_main
+    from transformer_graph.cli.main import train_main
 
     os.environ.update(env)
     original = training.Trainer.train_step
@@ -282,7 +282,7 @@ def _assert_same_training(ddp_params: dict, ref: Trainer, tmp_path: Path) -> Non
         err = rel_err(ddp, p)
         assert err <= 1e-5, f"{name}: relative difference {err:.2e}"
     # The functions computed agree as well (key bias included).
-    from transformer_graph.data import collate
+    from transformer_graph.data.datasets import collate
     valid = ref.exp.splits["valid"]
     batch = collate(valid, list(range(len(valid))), ref.exp.spec)
     twin = Trainer(ref.cfg, tmp_path / "twin", quiet=True).model

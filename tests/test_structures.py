@@ -18,19 +18,19 @@ import pytest
 import torch
 from torch import nn
 
-from transformer_graph._dgl import dgl
-from transformer_graph.aggregators import GATAggregation, MeanAggregation, get_aggregator
-from transformer_graph.attention import GraphAttention
-from transformer_graph.batch import make_batch
+from transformer_graph.graphs._dgl import dgl
+from transformer_graph.message_passing.aggregators import GATAggregation, MeanAggregation, get_aggregator
+from transformer_graph.message_passing.attention import GraphAttention
+from transformer_graph.data.batch import make_batch
 from transformer_graph.config import ConfigError, config_from_dict
-from transformer_graph.decoding import beam_search
+from transformer_graph.inference.decoding import beam_search
 from transformer_graph.experiment import build_model, graph_spec
-from transformer_graph.graphs import (GraphSpec, batch_graph, build_graphs, get_structure, pair_edges,
+from transformer_graph.graphs.build import (GraphSpec, batch_graph, build_graphs, get_structure, pair_edges,
                                       register_structure)
-from transformer_graph.model import make_model
-from transformer_graph.structures import (FAMILIES, Structure, edges_per_token, make_structure, resolve,
+from transformer_graph.nn.model import make_model
+from transformer_graph.graphs.structures import (FAMILIES, Structure, edges_per_token, make_structure, resolve,
                                           spec_from_config)
-from transformer_graph.training import Trainer
+from transformer_graph.train.trainer import Trainer
 
 torch.set_num_threads(1)
 
@@ -549,7 +549,7 @@ def test_the_standard_models_weights_keep_their_names():
 
 @pytest.mark.parametrize("aggregator", AGGREGATORS)
 def test_attention_pictures_show_exactly_the_structures_edges(aggregator):
-    from transformer_graph.viz import extract_attention
+    from transformer_graph.viz.attention import extract_attention
 
     model = small_model(aggregator)
     structure = structure_cfg(enc="global_window", dec="dilated", cross="window", window=1, dilation=2)

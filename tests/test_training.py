@@ -20,8 +20,8 @@ from transformer_graph.checkpoint import (CheckpointError, atomic_save, load_che
                                           save_checkpoint)
 from transformer_graph.config import config_from_dict, load_config
 from transformer_graph.experiment import load_trained
-from transformer_graph.loss import label_smoothed_loss, token_correct
-from transformer_graph.training import Trainer, TrainingError, noam_lambda
+from transformer_graph.nn.loss import label_smoothed_loss, token_correct
+from transformer_graph.train.trainer import Trainer, TrainingError, noam_lambda
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,7 +75,7 @@ def test_tiny_model_overfits_tiny_copy_set(tmp_path):
     # The checkpoint evaluates to the same low loss: what was trained is what was saved.
     model, *_ = load_trained(tmp_path / "run" / "last.pt")
     train = tr.exp.splits["train"]
-    from transformer_graph.evaluation import evaluate_loss
+    from transformer_graph.inference.evaluation import evaluate_loss
     m = evaluate_loss(model, train, tr.exp.spec)
     assert m["loss"] < first / 3
 
@@ -216,7 +216,7 @@ def test_gradient_accumulation_averages_per_batch_means(tmp_path):
     train, pad = tr.exp.splits["train"], tr.exp.tgt_vocab.pad
     group = [[0, 1, 2], [3], [4, 5, 6, 7, 8]]
     ref = {k: torch.zeros_like(p) for k, p in tr.model.named_parameters()}
-    from transformer_graph.data import collate
+    from transformer_graph.data.datasets import collate
     for idx in group:
         tr.model.zero_grad(set_to_none=True)
         batch = collate(train, idx, tr.exp.spec)
@@ -474,7 +474,7 @@ def test_train_and_evaluate_scripts_end_to_end(tmp_path):
     assert f"exact_match      {m['exact_match']:.4f}" in r.stdout
 
     # --resume of the finished run with a higher epoch limit continues it (in-process: same code path).
-    from transformer_graph.cli import train_main
+    from transformer_graph.cli.main import train_main
     summary = train_main(["--resume", str(run), "--set", "train.max_epochs=3", "--quiet", "--no-test"])
     assert summary["epochs"] == 3 and [e["epoch"] for e in records(run, "epoch")] == [0, 1, 2]
     # A new run into a directory that already holds one is refused.
@@ -492,7 +492,7 @@ def test_train_and_evaluate_scripts_end_to_end(tmp_path):
     (["--resume", "{tmp}/nowhere"], "no config.yaml"),
 ])
 def test_train_cli_bad_input_exits_with_message(tmp_path, capsys, args, message):
-    from transformer_graph.cli import train_main
+    from transformer_graph.cli.main import train_main
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny()))
     with pytest.raises(SystemExit) as exit_:  # SystemExit: the interpreter prints no traceback
@@ -503,7 +503,7 @@ def test_train_cli_bad_input_exits_with_message(tmp_path, capsys, args, message)
 
 
 def test_evaluate_cli_bad_checkpoint(tmp_path, capsys):
-    from transformer_graph.cli import evaluate_main
+    from transformer_graph.cli.main import evaluate_main
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint at all")
     with pytest.raises(SystemExit) as exit_:

@@ -1,4 +1,4 @@
-"""The Universal Transformer with per-node ACT (transformer_graph.universal / act).
+"""The Universal Transformer with per-node ACT (transformer_graph.nn.universal / act).
 
 1. Without halting it is exactly a standard stack whose layers share one layer's
    weights (and, with coordinates re-added every step, a reference loop over them).
@@ -17,14 +17,14 @@ import random
 import pytest
 import torch
 
-from transformer_graph.act import ACTStats
-from transformer_graph.batch import make_batch
+from transformer_graph.nn.act import ACTStats
+from transformer_graph.data.batch import make_batch
 from transformer_graph.config import ConfigError, config_from_dict
-from transformer_graph.data import collate
-from transformer_graph.decoding import _IncrementalState, _RecomputeState, _Source, beam_search, greedy
-from transformer_graph.graphs import GraphSpec
-from transformer_graph.model import make_model
-from transformer_graph.universal import UniversalTransformer, make_universal_model
+from transformer_graph.data.datasets import collate
+from transformer_graph.inference.decoding import _IncrementalState, _RecomputeState, _Source, beam_search, greedy
+from transformer_graph.graphs.build import GraphSpec
+from transformer_graph.nn.model import make_model
+from transformer_graph.nn.universal import UniversalTransformer, make_universal_model
 
 V = 19
 SOS, EOS = 1, 2
@@ -288,7 +288,7 @@ def tiny_config(tmp_path, **model):
 
 
 def test_ponder_loss_is_part_of_the_trainer_loss(tmp_path):
-    from transformer_graph.training import Trainer
+    from transformer_graph.train.trainer import Trainer
 
     tr = Trainer(tiny_config(tmp_path, ponder_weight=0.5), tmp_path / "run", quiet=True)
     tr.optimizer.step = lambda *a, **k: None  # keep the weights: compare gradients only
@@ -388,8 +388,8 @@ def test_threshold_one_is_allowed_and_wrong_inputs_are_explained():
 
 
 def test_training_logs_act_statistics_and_plot_shows_steps(tmp_path):
-    from transformer_graph.act_plot import act_history, main as plot_main
-    from transformer_graph.training import Trainer
+    from transformer_graph.viz.act import act_history, main as plot_main
+    from transformer_graph.train.trainer import Trainer
 
     run = tmp_path / "run"
     summary = Trainer(tiny_config(tmp_path), run, quiet=True).fit()
@@ -415,7 +415,7 @@ def test_training_logs_act_statistics_and_plot_shows_steps(tmp_path):
 def test_history_legend_names_every_step_once_whichever_side_reaches_it():
     import numpy as np
 
-    from transformer_graph.act_plot import step_figure
+    from transformer_graph.viz.act import step_figure
 
     tables = {"enc": np.array([[5, 0, 0, 0]]), "dec": np.array([[1, 2, 2, 0]])}
     # The encoder stops at step 2; only the decoder reaches step 3 (the sort run's shape).

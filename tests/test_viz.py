@@ -19,14 +19,14 @@ import pytest
 import torch
 from PIL import Image
 
-from transformer_graph import viz
-from transformer_graph.batch import make_batch
+from transformer_graph.viz import attention as viz
+from transformer_graph.data.batch import make_batch
 from transformer_graph.config import config_from_dict, load_config
-from transformer_graph.data import Vocab
+from transformer_graph.data.datasets import Vocab
 from transformer_graph.experiment import build_experiment, load_trained
-from transformer_graph.graphs import KINDS, GraphSpec
-from transformer_graph.model import make_model
-from transformer_graph.training import Trainer
+from transformer_graph.graphs.build import KINDS, GraphSpec
+from transformer_graph.nn.model import make_model
+from transformer_graph.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -13,13 +13,13 @@ complete bipartite graph.
     >>> model(batch).shape  # log-probabilities, one row per target node
     torch.Size([7, 100])
 """
-from . import _dgl  # noqa: F401  (sets DGLBACKEND before anything imports DGL)
-from .attention import GraphAttention
-from .batch import GraphBatch, make_batch
-from .decoding import beam_search, greedy
-from .graphs import AttentionGraphs, GraphSpec, build_graphs, register_structure
-from .layers import Decoder, DecoderLayer, Encoder, EncoderLayer, FeedForward, Residual
-from .model import GraphTransformer, PositionalEncoding, TokenEmbedding, make_model
+from transformer_graph.graphs import _dgl  # noqa: F401  (sets DGLBACKEND before anything imports DGL)
+from transformer_graph.message_passing.attention import GraphAttention
+from transformer_graph.data.batch import GraphBatch, make_batch
+from transformer_graph.inference.decoding import beam_search, greedy
+from transformer_graph.graphs.build import AttentionGraphs, GraphSpec, build_graphs, register_structure
+from transformer_graph.nn.layers import Decoder, DecoderLayer, Encoder, EncoderLayer, FeedForward, Residual
+from transformer_graph.nn.model import GraphTransformer, PositionalEncoding, TokenEmbedding, make_model
 
 __all__ = [
     "AttentionGraphs", "Decoder", "DecoderLayer", "Encoder", "EncoderLayer", "FeedForward",

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config, DataConfig, ModelConfig
-from .data import Dataset, Vocab, build_vocabs, filter_pairs, load_parallel_dir, load_task
-from .graphs import GraphSpec
+from transformer_graph.config import Config, DataConfig, ModelConfig
+from transformer_graph.data.datasets import Dataset, Vocab, build_vocabs, filter_pairs, load_parallel_dir, load_task
+from transformer_graph.graphs.build import GraphSpec
 
 SYNTHETIC = ("copy", "sort")
 TRANSLATION = ("parallel", "multi30k")
@@ -38,7 +38,7 @@ def load_token_splits(data: DataConfig) -> dict:
                          valid_size=data.valid_size, test_size=data.test_size,
                          length_mean=data.length_mean, length_std=data.length_std, alphabet=data.alphabet)
     if data.task == "multi30k":
-        from .multi30k import load_multi30k  # sacremoses is only needed for this task
+        from transformer_graph.data.multi30k import load_multi30k  # sacremoses is only needed for this task
         return load_multi30k(data.path, src_lang=data.src_lang, tgt_lang=data.tgt_lang)
     prefixes = {"train": data.train_prefix, "valid": data.valid_prefix, "test": data.test_prefix}
     return load_parallel_dir(data.path, data.src_lang, data.tgt_lang, prefixes, lowercase=data.lowercase)
@@ -46,8 +46,8 @@ def load_token_splits(data: DataConfig) -> dict:
 
 def graph_spec(model: ModelConfig) -> GraphSpec:
     """The attention structures named in the config, with their parameters (window, ...)
-    applied (see :mod:`transformer_graph.structures`); unknown names raise ConfigError."""
-    from .structures import spec_from_config
+    applied (see :mod:`transformer_graph.graphs.structures`); unknown names raise ConfigError."""
+    from transformer_graph.graphs.structures import spec_from_config
 
     return spec_from_config(model.structure)
 
@@ -73,7 +73,7 @@ def build_experiment(cfg: Config, vocabs: tuple[Vocab, Vocab] | None = None) -> 
 
 def build_model(model: ModelConfig, src_vocab: int, tgt_vocab: int):
     """The network the config describes."""
-    from .model import make_model
+    from transformer_graph.nn.model import make_model
 
     kwargs = dict(layers=model.layers, d_model=model.d_model, d_ff=model.d_ff, heads=model.heads,
                   dropout=model.dropout, norm_first=model.norm_first,
@@ -83,7 +83,7 @@ def build_model(model: ModelConfig, src_vocab: int, tgt_vocab: int):
                   embed_init_std=model.embed_init_std)
     if model.kind == "universal":
         # One shared layer applied up to max_depth times: layers/decoder_layers do not apply.
-        from .universal import make_universal_model
+        from transformer_graph.nn.universal import make_universal_model
         for key in ("layers", "decoder_layers"):
             kwargs.pop(key)
         return make_universal_model(src_vocab, tgt_vocab, max_depth=model.max_depth,
@@ -100,13 +100,13 @@ def vocab_paths(run_dir: Path) -> tuple[Path, Path]:
 
 def load_trained(path, map_location="cpu"):
     """(model in eval mode, config, (src_vocab, tgt_vocab), checkpoint dict) from a checkpoint."""
-    from .checkpoint import CheckpointError, load_checkpoint
-    from .config import config_from_dict
+    from transformer_graph.checkpoint import CheckpointError, load_checkpoint
+    from transformer_graph.config import config_from_dict
 
     ckpt = load_checkpoint(path, map_location)
     try:
         cfg = config_from_dict(ckpt["config"], source=f"{path} (saved config)")
-        from . import sparse_attention
+        from transformer_graph.message_passing import csr as sparse_attention
         sparse_attention.set_enabled(cfg.train.kernels == "sparse")
         vocabs = (Vocab.from_dict(ckpt["src_vocab"]), Vocab.from_dict(ckpt["tgt_vocab"]))
         model = build_model(cfg.model, len(vocabs[0]), len(vocabs[1]))

@@ -1,0 +1,442 @@
+"""The training loop: one run directory holds everything needed to evaluate,
+resume, plot and compare a run.
+
+``RUN_DIR/`` contains ``config.yaml`` (the effective config), ``vocab.*.json``,
+``metrics.jsonl`` (one JSON object per log event), TensorBoard event files,
+``last.pt`` (every epoch and whenever the run stops) and ``best.pt`` (best
+validation metric). ``last.pt`` records the position inside the epoch and every
+random state, so ``--resume RUN_DIR`` continues exactly where the run stopped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from transformer_graph.checkpoint import last_checkpoint_status, load_checkpoint, rng_state, save_checkpoint
+from transformer_graph.config import Config, config_to_dict, save_config
+from transformer_graph.data.datasets import Batcher, Vocab, collate
+from transformer_graph.train.distributed import (Collectives, evaluators, local_device, restore_rank_rng, resume_position, seed_rank,
+                          step_denominators, wrap_model)
+from transformer_graph.inference.evaluation import exact_match
+from transformer_graph.experiment import Experiment, build_experiment, build_model, vocab_paths
+from transformer_graph.nn.loss import label_smoothed_loss, token_correct
+from transformer_graph.message_passing import csr as sparse_attention
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. a non-finite loss); the last checkpoint is intact."""
+
+
+def noam_lambda(d_model: int, factor: float, warmup: int):
+    """lr(step) = factor * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5), step from 1."""
+    def lr(step: int) -> float:
+        step = max(step, 1)
+        return factor * d_model ** -0.5 * min(step ** -0.5, step * warmup ** -1.5)
+    return lr
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("train.device: 'cuda' was asked for but no CUDA device is available; "
+                            "use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+@dataclass
+class Progress:
+    """Where the run is: saved in every checkpoint."""
+
+    epoch: int = 0              # current epoch (0-based)
+    batch_in_epoch: int = 0     # batches of this epoch already consumed
+    step: int = 0               # optimizer steps taken
+    elapsed: float = 0.0        # training wall time so far, over all sessions
+    best: float | None = None   # best validation metric (higher is better)
+    best_epoch: int | None = None
+    history: list = field(default_factory=list)
+    # Training-metric sums (over all ranks) and seconds of the epoch so far, saved when a run
+    # stops mid-epoch so that the resumed epoch still reports its whole-epoch loss and accuracy.
+    epoch_sums: dict | None = None
+
+
+class Trainer:
+    """Trains the model a config describes, in ``run_dir``.
+
+    ``rank``/``world_size`` describe a data-parallel process group (see
+    :mod:`transformer_graph.train.distributed`); only rank 0 writes files.
+    """
+
+    def __init__(self, cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False,
+                 rank: int = 0, world_size: int = 1, quiet: bool = False):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.rank, self.world_size, self.quiet = rank, world_size, quiet
+        self.is_main = rank == 0
+        t = cfg.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.device = resolve_device(t.device)
+        sparse_attention.set_enabled(t.kernels == "sparse")
+        if world_size > 1:
+            self.device = local_device(self.device)  # this rank's GPU under torchrun
+        self.comm = Collectives(rank, world_size, self.device)
+        self._rng_ranks = None  # every rank's RNG state, gathered before each checkpoint
+        self.progress = Progress()
+        ckpt = None
+        if resume:
+            ckpt = load_checkpoint(self.run_dir / "last.pt")
+            vocabs = (Vocab.from_dict(ckpt["src_vocab"]), Vocab.from_dict(ckpt["tgt_vocab"]))
+            if ckpt["src_vocab"] == ckpt["tgt_vocab"]:
+                vocabs = (vocabs[0], vocabs[0])
+        else:
+            vocabs = None
+        torch.manual_seed(t.seed)
+        random.seed(t.seed)
+        self.exp: Experiment = build_experiment(cfg, vocabs)
+        if cfg.viz.example is not None:  # fail now, not after the first epoch
+            from transformer_graph.viz.attention import check_example
+            check_example(self.exp, cfg.viz.example, "valid")
+        self.model = build_model(cfg.model, len(self.exp.src_vocab), len(self.exp.tgt_vocab)).to(self.device)
+        if world_size > 1:  # same initial weights everywhere (seeded above), dropout differs per rank
+            seed_rank(t.seed, rank)
+        self.optimizer = self._make_optimizer()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, noam_lambda(cfg.model.d_model, cfg.optim.factor, cfg.optim.warmup))
+        d = cfg.data
+        self.batcher = Batcher(self.exp.splits["train"].lengths,
+                               batch_size=None if d.max_tokens else d.batch_size,
+                               max_tokens=d.max_tokens, shuffle=True, seed=t.seed, bucket=d.bucket)
+        self.train_batches = self.batcher if world_size == 1 else self.batcher.shard(rank, world_size)
+        if ckpt is not None:
+            self._restore(ckpt)
+        if world_size > 1:  # after the restore: DDP broadcasts rank 0's (restored) weights
+            self.model = wrap_model(self.model, self.device)
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+            src_path, tgt_path = vocab_paths(self.run_dir)
+            self.exp.src_vocab.save(src_path)
+            self.exp.tgt_vocab.save(tgt_path)
+        self._writer = None
+        self._signal = None  # set by SIGTERM/SIGINT during fit()
+
+    # -- setup ---------------------------------------------------------------
+    def _make_optimizer(self):
+        o = self.cfg.optim
+        # lr is 1: the Noam schedule (a LambdaLR) supplies the whole learning rate.
+        cls = torch.optim.AdamW if o.weight_decay > 0 else torch.optim.Adam
+        kwargs = {"weight_decay": o.weight_decay} if o.weight_decay > 0 else {}
+        return cls(self.model.parameters(), lr=1.0, betas=tuple(o.betas), eps=o.eps, **kwargs)
+
+    def _restore(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.progress = Progress(**ckpt["progress"])
+        # batch_in_epoch counts per-rank batches of the world size the checkpoint was written with.
+        p = self.progress
+        p.batch_in_epoch = resume_position(p.batch_in_epoch, int(ckpt.get("world_size", 1)), self.world_size)
+        restore_rank_rng(ckpt, self.rank, self.world_size, self.cfg.train.seed, p.step)
+
+    @property
+    def writer(self):
+        if self._writer is None and self.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+            self._writer = SummaryWriter(str(self.run_dir / "tb"))
+        return self._writer
+
+    # -- bookkeeping -----------------------------------------------------------
+    def log(self, event: str, **metrics) -> None:
+        if not self.is_main:
+            return
+        record = {"event": event, "epoch": self.progress.epoch, "step": self.progress.step,
+                  "time": round(self.progress.elapsed, 2), **metrics}
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                self.writer.add_scalar(f"{event}/{k}", v, self.progress.step)
+        self.writer.flush()
+
+    def checkpoint_state(self) -> dict:
+        model = getattr(self.model, "module", self.model)
+        return dict(model=model.state_dict(), optimizer=self.optimizer.state_dict(),
+                    scheduler=self.scheduler.state_dict(), rng=rng_state(),
+                    progress=vars(self.progress).copy(), config=config_to_dict(self.cfg),
+                    src_vocab=self.exp.src_vocab.to_dict(), tgt_vocab=self.exp.tgt_vocab.to_dict(),
+                    **({"world_size": self.world_size, "rng_ranks": self._rng_ranks} if self.world_size > 1 else {}))
+
+    def gather_rng(self) -> None:
+        """Collect every rank's RNG state for the next checkpoint (a collective: all ranks call it)."""
+        if self.world_size > 1:
+            self._rng_ranks = self.comm.gather(rng_state())
+
+    def save(self, name: str) -> Path:
+        """Write ``RUN_DIR/name`` on rank 0; under torchrun every rank must call it."""
+        path = self.run_dir / name
+        self.gather_rng()
+        if self.is_main:
+            save_checkpoint(path, **self.checkpoint_state())
+        return path
+
+    # -- the loop --------------------------------------------------------------
+    def autocast(self):
+        if self.cfg.train.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def fit(self) -> dict:
+        cfg, p = self.cfg, self.progress
+        t, accum = cfg.train, cfg.optim.accum_steps
+        start = time.time() - p.elapsed
+        stop_reason = None
+        train = self.exp.splits["train"]
+        pad = self.exp.tgt_vocab.pad
+        from tqdm import tqdm
+
+        self._install_signal_handlers()
+        while p.epoch < t.max_epochs and stop_reason is None:
+            batches = self.train_batches.batches(p.epoch)
+            self.model.train()
+            bar = tqdm(total=len(batches), initial=p.batch_in_epoch, desc=f"epoch {p.epoch + 1}",
+                       disable=self.quiet or not self.is_main, leave=False, dynamic_ncols=True)
+            sums = {"loss": 0.0, "nll": 0.0, "correct": 0, "tokens": 0, "nodes": 0}
+            epoch_start = time.time()
+            if p.epoch_sums:  # resumed mid-epoch: count the batches before the stop too
+                done = dict(p.epoch_sums)
+                epoch_start -= done.pop("seconds", 0.0)
+                if self.is_main:  # sums over all ranks: count them once
+                    sums.update(done)
+                p.epoch_sums = None
+            while p.batch_in_epoch < len(batches):
+                # One optimizer step over `accum` batches (fewer at the epoch's end).
+                group = batches[p.batch_in_epoch:p.batch_in_epoch + accum]
+                step_loss = self.train_step(train, group, pad, sums)
+                p.batch_in_epoch += len(group)
+                p.step += 1
+                p.elapsed = time.time() - start
+                if self.world_size > 1:  # all ranks stop after the same step: rank 0's clock, any rank's signal
+                    p.elapsed, signalled = self.comm.agree_to_stop(p.elapsed, self._signal is not None)
+                    if signalled and self._signal is None:
+                        self._signal = "on another rank"
+                bar.update(len(group))
+                rate = sums["nodes"] / max(time.time() - epoch_start, 1e-9)
+                bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{rate:.0f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                if p.step % t.log_every == 0:
+                    self.log("train_step", loss=step_loss, lr=self.scheduler.get_last_lr()[0], tokens_per_s=rate)
+                if self._signal is not None:
+                    stop_reason = f"signal {self._signal}"
+                elif t.max_steps is not None and p.step >= t.max_steps:
+                    stop_reason = f"max_steps={t.max_steps}"
+                elif t.max_time is not None and p.elapsed >= t.max_time:
+                    stop_reason = f"max_time={t.max_time}s"
+                if stop_reason:
+                    break
+            bar.close()
+            sums = self.comm.sum_dict(sums)  # the epoch's training metrics over all ranks
+            n = max(sums["tokens"], 1)
+            train_metrics = {"loss": sums["loss"] / n, "acc": sums["correct"] / n,
+                             "tokens_per_s": sums["nodes"] / max(time.time() - epoch_start, 1e-9)}
+            if p.batch_in_epoch >= len(batches):  # the epoch is complete
+                self.end_epoch(train_metrics)
+            else:
+                p.epoch_sums = {**sums, "seconds": time.time() - epoch_start}
+                self.save("last.pt")
+        p.elapsed = time.time() - start
+        return self.summary(stop_reason or f"max_epochs={t.max_epochs}")
+
+    def _install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT finish the current optimizer step, save ``last.pt`` and stop,
+        so an interrupted run loses nothing and ``--resume`` continues it exactly."""
+        import signal
+        import threading
+
+        self._signal = None
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def request_stop(signum, _frame):
+            if self._signal is not None:  # a second signal: stop now
+                raise KeyboardInterrupt
+            self._signal = signal.Signals(signum).name
+            print(f"\n{self._signal} received: stopping after this step and saving last.pt "
+                  f"(send it again to stop at once)", flush=True)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, request_stop)
+
+    def train_step(self, train, group, pad, sums) -> float:
+        """Forward/backward over the batches of ``group``, then one optimizer step."""
+        o = self.cfg.optim
+        self.optimizer.zero_grad(set_to_none=True)
+        total_loss, total_tokens = 0.0, 0
+        # Under DDP each batch's loss sum is divided by (global target tokens / world size): DDP's
+        # gradient average is then exactly the single-process gradient over all ranks' tokens.
+        denoms = (step_denominators(self.comm, [sum(len(train.pairs[j][1]) + 1 for j in idx) for idx in group])
+                  if self.world_size > 1 else None)
+        for i, idx in enumerate(group):
+            batch = collate(train, idx, self.exp.spec, self.device)
+            sync = i == len(group) - 1
+            ctx = self.model.no_sync() if (not sync and hasattr(self.model, "no_sync")) else nullcontext()
+            with ctx:
+                with self.autocast():
+                    logp = self.model(batch)
+                loss_sum, nll_sum = label_smoothed_loss(logp.float(), batch.labels, o.label_smoothing, pad)
+                ntok = batch.labels.numel()
+                loss = loss_sum / ntok
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"non-finite loss ({float(loss)}) at epoch {self.progress.epoch + 1}, step "
+                        f"{self.progress.step + 1}; stopping. {last_checkpoint_status(self.run_dir)} "
+                        f"(try a smaller optim.factor or "
+                        f"set optim.clip_grad)")
+                main = loss if denoms is None else loss_sum / denoms[i]
+                # A loss term the model computes in its forward pass (the Universal Transformer's
+                # weighted ACT ponder cost, see transformer_graph.nn.universal); None for others.
+                aux = getattr(getattr(self.model, "module", self.model), "aux_loss", None)
+                ((main if aux is None else main + aux) / len(group)).backward()
+            total_loss += float(loss_sum)
+            total_tokens += ntok
+            sums["loss"] += float(loss_sum)
+            sums["nll"] += float(nll_sum)
+            sums["correct"] += token_correct(logp.detach(), batch.labels)
+            sums["tokens"] += ntok
+            sums["nodes"] += batch.num_tokens
+        if o.clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.clip_grad)
+        self.optimizer.step()
+        self.scheduler.step()
+        return total_loss / max(total_tokens, 1)
+
+    # -- epoch end -------------------------------------------------------------
+    def validate(self) -> dict:
+        """Validation metrics; ``score`` is what best.pt is chosen by (higher is better)."""
+        cfg, exp = self.cfg, self.exp
+        model = getattr(self.model, "module", self.model)
+        valid = exp.splits["valid"]
+        if len(valid) == 0:
+            return {}
+        d = cfg.data
+        # Under torchrun every rank scores a share and the sums are all-reduced: single-process metrics.
+        evaluate, decode = evaluators(self.comm)
+        metrics = evaluate(model, valid, exp.spec, batch_size=None if d.max_tokens else d.batch_size,
+                           max_tokens=d.max_tokens, device=self.device, eps=cfg.optim.label_smoothing)
+        metrics["score"] = -metrics["nll"]
+        limit = cfg.eval.max_valid_sentences or len(valid)
+        pairs = valid.pairs[:limit]
+        v = exp.tgt_vocab
+        if exp.translation and cfg.eval.bleu:
+            from transformer_graph.inference.evaluation import bleu_tokenized
+            hyps = decode(model, [s for s, _ in pairs], exp.spec, sos=v.sos, eos=v.eos,
+                          max_len_a=cfg.eval.max_len_a, max_len_b=cfg.eval.max_len_b)
+            refs = [t for _, t in exp.tokens["valid"][:limit]]
+            metrics["bleu"] = bleu_tokenized([v.decode(h) for h in hyps], refs).score
+            metrics["score"] = metrics["bleu"]
+        elif not exp.translation and cfg.eval.exact_match:
+            hyps = decode(model, [s for s, _ in pairs], exp.spec, sos=v.sos, eos=v.eos,
+                          max_len_a=cfg.eval.max_len_a, max_len_b=cfg.eval.max_len_b)
+            metrics["exact_match"] = exact_match(hyps, [t for _, t in pairs])
+            metrics["score"] = metrics["acc"] + metrics["exact_match"]
+        return self.comm.broadcast(metrics)  # rank 0's numbers decide `best` on every rank
+
+    def end_epoch(self, train_metrics: dict) -> None:
+        p = self.progress
+        valid = self.validate()  # all ranks take part (sharded under torchrun) and get the same metrics
+        self.log("epoch", **{f"train_{k}": v for k, v in train_metrics.items()},
+                 **{f"valid_{k}": v for k, v in valid.items()})
+        pop_act = getattr(getattr(self.model, "module", self.model), "pop_act_stats", None)
+        if pop_act is not None:  # Universal Transformer: fraction of nodes entering each step this epoch
+            self.log("act", **pop_act())
+        p.history.append({"epoch": p.epoch + 1, "step": p.step, "time": round(p.elapsed, 1),
+                          **{f"train_{k}": v for k, v in train_metrics.items()},
+                          **{f"valid_{k}": v for k, v in valid.items()}})
+        if self.is_main and not self.quiet:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in p.history[-1].items() if isinstance(v, float))
+            print(f"epoch {p.epoch + 1}: {shown}", flush=True)
+        improved = "score" in valid and (p.best is None or valid["score"] > p.best)
+        if improved:
+            p.best, p.best_epoch = valid["score"], p.epoch + 1
+        p.epoch += 1
+        p.batch_in_epoch = 0
+        self.gather_rng()
+        if self.is_main:
+            state = self.checkpoint_state()
+            save_checkpoint(self.run_dir / "last.pt", **state)
+            if improved or not valid:
+                save_checkpoint(self.run_dir / "best.pt", **state)
+            keep = max(self.cfg.train.keep_last, self.cfg.train.average_last)
+            if keep > 1:
+                save_checkpoint(self.run_dir / f"epoch{p.epoch}.pt", **state)
+                old = self.run_dir / f"epoch{p.epoch - keep}.pt"
+                if old.exists():
+                    old.unlink()
+        if self.is_main and self.cfg.viz.example is not None:
+            # Attention of the chosen example, for scripts/visualize.py --animate (no RNG used).
+            from transformer_graph.viz.attention import save_snapshot
+            save_snapshot(getattr(self.model, "module", self.model), self.exp, self.cfg.viz, self.run_dir, p.epoch)
+
+    def summary(self, stop_reason: str) -> dict:
+        p = self.progress
+        if self.is_main and self.cfg.train.average_last > 1:
+            self.average_checkpoints(self.cfg.train.average_last)
+        summary = {"run_dir": str(self.run_dir), "stopped_by": stop_reason, "epochs": p.epoch,
+                   "steps": p.step, "train_time_s": round(p.elapsed, 1), "best_epoch": p.best_epoch,
+                   "last": p.history[-1] if p.history else None}
+        if self.is_main:
+            self.log("summary", **{k: v for k, v in summary.items() if k != "last"})
+            if self._writer is not None:
+                self._writer.close()
+        return summary
+
+    def average_checkpoints(self, n: int) -> Path | None:
+        """Average the parameters of the last ``n`` epoch checkpoints into ``averaged.pt``."""
+        paths = [self.run_dir / f"epoch{e}.pt" for e in range(self.progress.epoch - n + 1, self.progress.epoch + 1)]
+        paths = [q for q in paths if q.exists()]
+        if len(paths) < 2:
+            return None
+        states = [load_checkpoint(q)["model"] for q in paths]
+        # Tied weights (shared embeddings, generator) appear under several keys of one
+        # storage: average each storage once and keep the sharing, so the file is no bigger.
+        ref = getattr(self.model, "module", self.model).state_dict()
+        by_storage: dict = {}
+        avg = {}
+        for k, t in states[0].items():
+            if not t.is_floating_point():
+                avg[k] = t
+                continue
+            ptr = ref[k].untyped_storage().data_ptr() if k in ref else id(t)
+            if ptr not in by_storage:
+                by_storage[ptr] = sum(s[k].double() for s in states).div(len(states)).to(t.dtype)
+            avg[k] = by_storage[ptr]
+        state = self.checkpoint_state()
+        state["model"] = avg
+        state["averaged_from"] = [q.name for q in paths]
+        out = self.run_dir / "averaged.pt"
+        save_checkpoint(out, **state)
+        return out
+
+
+def format_summary(summary: dict) -> str:
+    """The one-screen summary printed at the end of a run."""
+    lines = ["", "=" * 60, f"run finished ({summary['stopped_by']})",
+             f"  epochs {summary['epochs']}, steps {summary['steps']}, "
+             f"training time {summary['train_time_s']:.0f} s",
+             f"  best epoch: {summary['best_epoch']}"]
+    last = summary.get("last") or {}
+    for k, v in last.items():
+        if k.startswith("valid_") or k in ("train_loss", "train_acc", "train_tokens_per_s"):
+            lines.append(f"  {k:<22} {v:.4f}" if isinstance(v, float) else f"  {k:<22} {v}")
+    if "test" in summary:
+        for k, v in summary["test"].items():
+            lines.append(f"  test_{k:<17} {v:.4f}" if isinstance(v, float) else f"  test_{k:<17} {v}")
+    rd = summary["run_dir"]
+    lines += [f"  run directory: {rd}", f"    {rd}/best.pt, {rd}/last.pt, {rd}/metrics.jsonl, {rd}/tb/",
+              "=" * 60]
+    return "\n".join(lines)
