@@ -72,6 +72,7 @@ import torch
 import torch.distributed as dist
 
 from transformer_graph.checkpoint import last_checkpoint_status
+from transformer_graph.train.device import resolve_device
 
 ENV_TIMEOUT = "TG_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300.0
@@ -149,8 +150,6 @@ def init_from_env(device: str = "cpu", env=None) -> DistContext | None:
     NCCL backend and GPU ``LOCAL_RANK`` of this machine, CPU means gloo. A
     world of one process needs no group and also returns ``None``.
     """
-    from transformer_graph.train.trainer import resolve_device  # late: training imports this module
-
     env = os.environ if env is None else env
     world = env_world(env)
     if world is None or world[1] == 1:

@@ -22,6 +22,7 @@ import torch
 from transformer_graph.checkpoint import last_checkpoint_status, load_checkpoint, rng_state, save_checkpoint
 from transformer_graph.config import Config, config_to_dict, save_config
 from transformer_graph.data.datasets import Batcher, Vocab, collate
+from transformer_graph.train.device import resolve_device
 from transformer_graph.train.distributed import (Collectives, evaluators, local_device, restore_rank_rng, resume_position, seed_rank,
                           step_denominators, wrap_model)
 from transformer_graph.inference.evaluation import exact_match
@@ -40,15 +41,6 @@ def noam_lambda(d_model: int, factor: float, warmup: int):
         step = max(step, 1)
         return factor * d_model ** -0.5 * min(step ** -0.5, step * warmup ** -1.5)
     return lr
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("train.device: 'cuda' was asked for but no CUDA device is available; "
-                            "use 'cpu' or 'auto'")
-    return torch.device(name)
 
 
 @dataclass
