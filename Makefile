@@ -42,7 +42,7 @@ install-modern: $(MODERN)/.installed
 
 # The project's default job: the DGL tutorial's copy task, trained end to end.
 train: $(VENV)/.installed
-	$(PY) scripts/train.py --config configs/copy.yaml
+	$(VENV)/bin/tg-train --config configs/copy.yaml
 
 # The house's guards (docs/ARCHITECTURE.md): one-way layers and a clean ruff.
 lint: $(VENV)/.installed
@@ -55,9 +55,11 @@ test: lint
 test-modern: $(MODERN)/.installed
 	$(MODERN)/bin/python -m pytest -q
 
-# Graph vs dense benchmarks (docs/BENCHMARKS.md); writes runs/bench/ unless told --out docs.
+# Graph vs dense benchmarks (docs/BENCHMARKS.md); writes runs/bench/. To refresh the tracked
+# report: make bench BENCH_ARGS="--out docs --force" (on an otherwise idle machine).
+BENCH_ARGS ?=
 bench: $(VENV)/.installed
-	$(PY) -m bench.benchmark
+	$(PY) -m bench.benchmark $(BENCH_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -17,7 +17,17 @@ on the validation split: teacher-forced token accuracy, greedy exact match
 around the training steps only (not validation), in token nodes per second.
 
 Outputs: ``ABLATION.md`` (tables), ``ablation.json`` (every number, rewritten
-after each row so a long run keeps what it has) and ``ablation.png``.
+after each row so a long run keeps what it has) and ``ablation.png``, in ``--out``
+(default ``runs/ablation/``, beside the rows' run directories; ``docs/`` only when named).
+
+Run from the checkout (config files and outputs are relative to the current directory)::
+
+    python -m bench.ablation --tasks copy,sort --steps 284 --threads 1
+
+Everything that can be checked is checked before the first row trains: the options, every
+row's config with all overrides, and the output locations. Report files or run directories of
+an earlier ablation are replaced only with ``--force`` (``--resume`` keeps its finished rows
+and retrains the others in place).
 """
 from __future__ import annotations
 
@@ -26,17 +36,25 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
-from transformer_graph.train.trainer import Trainer
+from bench.outputs import check_output_dir
+from transformer_graph.cli.errors import fail, user_errors
+from transformer_graph.config import Config, ConfigError, load_config
+from transformer_graph.files import atomic_write_text
+from transformer_graph.graphs.structures import edges_per_token
+from transformer_graph.train.trainer import Trainer, TrainingError
+from transformer_graph.viz.figures import new_figure, save_figure
 
-ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = Path("configs")     # the task configs, relative to the checkout (the current directory)
+REPORT_NAMES = {"json": "ablation.json", "md": "ABLATION.md", "png": "ablation.png"}
 TASKS = {
     # task -> (config file, overrides that turn it into the task)
     "copy": ("copy.yaml", []),
@@ -113,14 +131,12 @@ class TimedTrainer(Trainer):
         return self.timed_nodes / self.timed_seconds if self.timed_seconds > 0 else None
 
 
-def row_config(row: Row, budget: float, threads: int | None, extra: list[str], config_dir: Path,
-               steps: int | None = None):
+def row_config(row: Row, budget: float, threads: int | None, extra: list[str], config_dir: Path = CONFIG_DIR,
+               steps: int | None = None) -> Config:
     """The row's effective config: the task's file, the row, the common budget, ``extra``.
 
     With ``steps`` every row trains exactly that many optimizer steps and ``budget`` is only a
     safety cap: on a shared machine equal steps are the fair compute budget."""
-    from transformer_graph.config import load_config
-
     name, task_overrides = TASKS[row.task]
     common = [f"train.max_time={budget}", "train.max_epochs=100000",
               f"train.max_steps={steps if steps else 'null'}",
@@ -133,44 +149,38 @@ def row_config(row: Row, budget: float, threads: int | None, extra: list[str], c
     return load_config(config_dir / name, [*task_overrides, *row.overrides, *common, *extra])
 
 
-def evaluate_final(trainer, valid_limit: int | None) -> dict:
-    """Validation metrics of the model as training left it (greedy decoding)."""
-    from transformer_graph.inference.evaluation import bleu_tokenized, decode_dataset, evaluate_loss, exact_match
+def evaluate_final(trainer: Trainer, valid_limit: int | None) -> dict:
+    """Validation metrics of the model as training left it: the trainer's own validation
+    (teacher-forced accuracy, greedy exact match or tokenised BLEU), with decoding switched on.
 
-    cfg, exp = trainer.cfg, trainer.exp
-    model = trainer.model.eval()
-    valid = exp.splits["valid"]
-    d = cfg.data
-    with torch.no_grad():
-        metrics = evaluate_loss(model, valid, exp.spec, batch_size=None if d.max_tokens else d.batch_size,
-                                max_tokens=d.max_tokens, device=trainer.device)
-        limit = valid_limit or len(valid)
-        pairs = valid.pairs[:limit]
-        v = exp.tgt_vocab
-        start = time.perf_counter()
-        hyps = decode_dataset(model, [s for s, _ in pairs], exp.spec, sos=v.sos, eos=v.eos,
-                              max_len_a=cfg.eval.max_len_a, max_len_b=cfg.eval.max_len_b)
+    The rows train with the decoding metrics off (epoch-end validation stays cheap and inside
+    the budget); the final model is decoded once, here, on the first ``valid_limit`` sentences
+    (all when None)."""
+    ev = trainer.cfg.eval
+    trainer.cfg = replace(trainer.cfg, eval=replace(ev, bleu=True, exact_match=True,
+                                                    max_valid_sentences=valid_limit))
+    start = time.perf_counter()
+    metrics = trainer.validate()
+    valid = trainer.exp.splits["valid"]
     out = {"valid_acc": metrics["acc"], "valid_nll": metrics["nll"], "valid_ppl": metrics["ppl"],
-           "decoded_sentences": len(pairs), "decode_s": time.perf_counter() - start}
-    if exp.translation:
-        refs = [t for _, t in exp.tokens["valid"][:limit]]
-        out["valid_bleu"] = bleu_tokenized([v.decode(h) for h in hyps], refs).score
+           "decoded_sentences": min(valid_limit or len(valid), len(valid)),
+           "final_eval_s": time.perf_counter() - start}
+    if trainer.exp.translation:
+        out["valid_bleu"] = metrics["bleu"]
     else:
-        out["valid_exact_match"] = exact_match(hyps, [t for _, t in pairs])
+        out["valid_exact_match"] = metrics["exact_match"]
     return out
 
 
 def run_row(row: Row, budget: float, threads: int | None, runs_dir: Path, *, extra: list[str] = (),
-            valid_limit: int | None = None, config_dir: Path = ROOT / "configs",
+            valid_limit: int | None = None, config_dir: Path = CONFIG_DIR,
             steps: int | None = None) -> dict:
-    """Train and evaluate one row; returns its numbers."""
-    from transformer_graph.graphs.structures import edges_per_token
-
+    """Train and evaluate one row in ``runs_dir/<row slug>`` (which must not exist yet); returns its numbers."""
     wall_start = time.perf_counter()
     cfg = row_config(row, budget, threads, list(extra), config_dir, steps)
     run_dir = runs_dir / row.slug
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # a previous run of this very row: start clean
+    check_output_dir(run_dir.parent, [run_dir.name], option="--runs-dir",
+                     hint="remove it (the command line does so only with --force or --resume)")
     trainer = TimedTrainer(cfg, run_dir, quiet=True)
     summary = trainer.fit()
     model = trainer.model
@@ -244,7 +254,7 @@ def write_markdown(results: list[dict], meta: dict, path: Path, png_name: str) -
         "the receiving token (softmax of q·k), a fully connected GCN's are fixed (1/in-degree, "
         "`mean`), and GAT's are learned but additive (LeakyReLU(aᵀ[Wh_i ‖ Wh_j]), `gat`). The "
         "second half of the grid keeps attention and removes edges instead (`window`, "
-        "`global_window`; see `transformer_graph/structures.py`).",
+        "`global_window`; see `transformer_graph/graphs/structures.py`).",
         "",
         "## Setup",
         "",
@@ -281,18 +291,14 @@ def write_markdown(results: list[dict], meta: dict, path: Path, png_name: str) -
         lines += [f"### {task}", "", markdown_table(rows), ""]
     lines += [f"![ablation]({png_name})", "", "## What the numbers say", "",
               INTERPRETATION_START, _interpretation(path), INTERPRETATION_END, ""]
-    path.write_text("\n".join(lines), encoding="utf-8")
+    atomic_write_text(path, "\n".join(lines))
 
 
 def plot(results: list[dict], path: Path) -> None:
     """One row of panels per task: quality and training throughput of each configuration."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     tasks = list(dict.fromkeys(r["task"] for r in results))
-    fig, axes = plt.subplots(len(tasks), 2, figsize=(13, 3.6 * len(tasks)), squeeze=False)
+    fig = new_figure(13, 3.6 * len(tasks), layout="tight")
+    axes = fig.subplots(len(tasks), 2, squeeze=False)
     colours = {"attention": "#4c72b0", "mean": "#dd8452", "gat": "#55a868"}
     for ax_q, ax_s, task in zip(axes[:, 0], axes[:, 1], tasks):
         rows = [r for r in results if r["task"] == task]
@@ -322,9 +328,7 @@ def plot(results: list[dict], path: Path) -> None:
         for ax in (ax_q, ax_s):
             ax.set_xticks(list(x))
             ax.set_xticklabels(labels, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _machine() -> str:
@@ -332,10 +336,9 @@ def _machine() -> str:
 
 
 def write_reports(results: list[dict], meta: dict, out: Path) -> dict[str, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "ablation.json", "md": out / "ABLATION.md", "png": out / "ablation.png"}
-    paths["json"].write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n",
-                             encoding="utf-8")
+    """Write ablation.json (always), ablation.png and ABLATION.md (when there are results) into ``out``."""
+    paths = {kind: Path(out) / name for kind, name in REPORT_NAMES.items()}
+    atomic_write_text(paths["json"], json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     if results:
         plot(results, paths["png"])
         write_markdown(results, meta, paths["md"], paths["png"].name)
@@ -403,21 +406,33 @@ def select_rows(rows: list[Row], names: str | None) -> list[Row]:
     return [r for r in rows if r.slug in wanted]
 
 
-def main(argv=None) -> list[dict]:
-    ap = argparse.ArgumentParser(description="Aggregator x structure ablation; writes ABLATION.md, "
-                                             "ablation.json and ablation.png.")
-    ap.add_argument("--tasks", default="copy,sort,multi30k", help="comma-separated: copy, sort, multi30k")
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.ablation",
+        description="Aggregator x structure ablation: trains every row of the grid through the normal Trainer "
+                    "under one budget per task and writes ABLATION.md, ablation.json and ablation.png to --out. "
+                    "Run it from the checkout (configs/ and the outputs are relative to the current directory).")
+    ap.add_argument("--tasks", default="copy,sort,multi30k", help="comma-separated: copy, sort, multi30k "
+                    "(default all three)")
     ap.add_argument("--budget", default="300",
                     help="training seconds per row (train.max_time): N for every task, or per task "
-                         "as copy=N,sort=N,multi30k=N")
+                         "as copy=N,sort=N,multi30k=N (default 300)")
     ap.add_argument("--steps", default=None,
                     help="train every row exactly this many optimizer steps (--budget is then a cap): "
-                         "N, or per task as copy=N,multi30k=N")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (train.threads)")
-    ap.add_argument("--out", default="docs/", help="where ABLATION.md, ablation.json, ablation.png go")
-    ap.add_argument("--runs-dir", default="runs/ablation", help="run directories of the rows")
+                         "N, or per task as copy=N,multi30k=N (default: no step limit)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (train.threads; default: each task config's)")
+    ap.add_argument("--out", default="runs/ablation",
+                    help="where ABLATION.md, ablation.json, ablation.png go (default runs/ablation; docs/ only "
+                         "when named, e.g. --out docs --force to regenerate the tracked report)")
+    ap.add_argument("--runs-dir", default="runs/ablation",
+                    help="parent of the rows' run directories, one per row named by its slug "
+                         "(default runs/ablation)")
+    ap.add_argument("--config-dir", default=str(CONFIG_DIR),
+                    help=f"directory of the task configs {', '.join(sorted({f for f, _ in TASKS.values()}))} "
+                         f"(default {CONFIG_DIR})")
     ap.add_argument("--valid-limit", type=int, default=None,
-                    help="decode only the first N validation sentences for exact match / BLEU")
+                    help="decode only the first N validation sentences for exact match / BLEU (default all)")
     ap.add_argument("--restrict-cross", action="store_true",
                     help="apply window structures to encoder-decoder attention too (aligned window)")
     ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
@@ -427,51 +442,88 @@ def main(argv=None) -> list[dict]:
                     help="run only these rows: comma-separated row names as printed (e.g. "
                          "multi30k-attention-complete,multi30k-attention-window-w-3)")
     ap.add_argument("--resume", action="store_true",
-                    help="keep rows already in OUT/ablation.json with the same budget; run the rest")
-    args = ap.parse_args(argv)
-    from transformer_graph.config import ConfigError
-    from transformer_graph.train.trainer import TrainingError
+                    help="keep rows already in OUT/ablation.json with the same budget and overrides; retrain "
+                         "the rest (replacing their run directories)")
+    ap.add_argument("--force", action="store_true",
+                    help="replace the report files in --out and the rows' run directories of an earlier "
+                         "ablation (otherwise an error before any work)")
+    return ap
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+
+def _kept_rows(out: Path, tasks: list[str], budgets: dict, steps: dict, extras: dict) -> dict[str, dict]:
+    """--resume: the finished rows of OUT/ablation.json trained under the same budget and overrides."""
+    path = out / REPORT_NAMES["json"]
+    if not path.exists():
+        return {}
     try:
-        rows = select_rows(grid(tasks, args.restrict_cross), args.rows)
-        budgets = per_task("--budget", args.budget, tasks)
-        steps = per_task("--steps", args.steps, tasks, int)
-        extras = {t: task_overrides(args.extra, t) for t in tasks}
-    except ValueError as err:
-        ap.error(str(err))
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--resume: {path} is not a readable ablation.json ({err}); remove it or drop "
+                         f"--resume") from None
+    return {Row(r["task"], r["aggregator"], r["structure"], tuple(r["overrides"])).slug: r
+            for r in old.get("results", [])
+            if r["task"] in tasks and r.get("budget_s") == budgets[r["task"]]
+            and r.get("budget_steps") == steps[r["task"]] and r.get("extra") == extras[r["task"]]}
+
+
+def main(argv=None) -> list[dict]:
+    """The command: user errors are one ``error: ...`` line and exit code 2, before any row trains."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    with user_errors():
+        return _run(args, argv)
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> list[dict]:
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    rows = select_rows(grid(tasks, args.restrict_cross), args.rows)
+    budgets = per_task("--budget", args.budget, tasks)
+    steps = per_task("--steps", args.steps, tasks, int)
+    extras = {t: task_overrides(args.extra, t) for t in tasks}
     for task in tasks:
         if budgets[task] is None or budgets[task] <= 0:
-            ap.error(f"--budget: expected a positive number of seconds for {task}, got {budgets[task]}")
+            fail(f"--budget: expected a positive number of seconds for {task}, got {budgets[task]}")
         if steps[task] is not None and steps[task] < 1:
-            ap.error(f"--steps: expected a positive number of steps for {task}, got {steps[task]}")
-    out, runs_dir = Path(args.out), Path(args.runs_dir)
+            fail(f"--steps: expected a positive number of steps for {task}, got {steps[task]}")
+    for option, value in (("--threads", args.threads), ("--valid-limit", args.valid_limit)):
+        if value is not None and value < 1:
+            fail(f"{option}: expected a positive integer, got {value}")
+    config_dir, out, runs_dir = Path(args.config_dir), Path(args.out), Path(args.runs_dir)
+    # Every row's config with all its overrides, now: a bad override for the last task is an error
+    # before the first row trains, not after.
+    for row in rows:
+        try:
+            row_config(row, budgets[row.task], args.threads, extras[row.task], config_dir, steps[row.task])
+        except ValueError as err:
+            fail(f"{row.slug}: {err}")
+    done = _kept_rows(out, tasks, budgets, steps, extras) if args.resume else {}
+    todo = [row for row in rows if row.slug not in done]
+    reuse = args.force or args.resume
+    check_output_dir(out, list(REPORT_NAMES.values()), replace=reuse,
+                     hint="pass --force to replace them, --resume to keep its finished rows")
+    old_runs = set(check_output_dir(runs_dir, [row.slug for row in todo], option="--runs-dir", replace=reuse,
+                                    hint="pass --force (or --resume) to retrain those rows in them"))
     meta = {"budget_s": budgets, "steps": steps, "extra": extras, "threads": args.threads,
             "restrict_cross": args.restrict_cross, "machine": _machine(), "torch": torch.__version__,
-            "command": " ".join(["python scripts/ablation.py", *(argv if argv is not None else sys.argv[1:])]),
+            "command": "python -m bench.ablation " + shlex.join(argv),
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    done: dict[str, dict] = {}
-    if args.resume and (out / "ablation.json").exists():
-        old = json.loads((out / "ablation.json").read_text())
-        done = {Row(r["task"], r["aggregator"], r["structure"], tuple(r["overrides"])).slug: r
-                for r in old.get("results", [])
-                if r["task"] in tasks and r.get("budget_s") == budgets[r["task"]]
-                and r.get("budget_steps") == steps[r["task"]] and r.get("extra") == extras[r["task"]]}
     results = []
     for i, row in enumerate(rows, 1):
         if row.slug in done:
             results.append(done[row.slug])
-            print(f"[{i}/{len(rows)}] {row.slug}: kept from {out / 'ablation.json'}", flush=True)
+            print(f"[{i}/{len(rows)}] {row.slug}: kept from {out / REPORT_NAMES['json']}", flush=True)
             continue
         n_steps, budget = steps[row.task], budgets[row.task]
         print(f"[{i}/{len(rows)}] {row.slug} ({f'{n_steps} steps' if n_steps else f'{budget:g} s'}) ...",
               flush=True)
+        if runs_dir / row.slug in old_runs:
+            print(f"    replacing {runs_dir / row.slug} (--{'force' if args.force else 'resume'})", flush=True)
+            shutil.rmtree(runs_dir / row.slug)
         try:
             r = run_row(row, budget, args.threads, runs_dir, extra=extras[row.task],
-                        valid_limit=args.valid_limit, steps=n_steps)
+                        valid_limit=args.valid_limit, steps=n_steps, config_dir=config_dir)
         except (ConfigError, TrainingError, ValueError) as err:
-            print(f"error: {row.slug}: {err}", file=sys.stderr)
-            raise SystemExit(2)
+            fail(f"{row.slug}: {err}")
         quality = (f"BLEU {r['valid_bleu']:.2f}" if "valid_bleu" in r
                    else f"exact {100 * r['valid_exact_match']:.1f}%")
         print(f"    acc {100 * r['valid_acc']:.1f}%, {quality}, {_fmt(r['train_tokens_per_s'], 0)} tok/s, "
@@ -482,3 +534,7 @@ def main(argv=None) -> list[dict]:
     paths = write_reports(results, meta, out)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,10 @@
 """Benchmarks: what the graph formulation costs against a dense ``nn.Transformer``.
 
+Run from the checkout: ``python -m bench.benchmark [--quick] [--sections 1,2] [--out DIR]``
+(``--help`` lists every option; they are validated by the config engine, see
+:mod:`bench.options`). Results go to ``runs/bench/`` unless ``--out`` names another directory,
+``docs`` included; files of an earlier run there are replaced only with ``--force``.
+
 Five sections, each a function returning plain JSON-able data (the report is
 written by :mod:`bench.report`):
 
@@ -11,10 +16,12 @@ written by :mod:`bench.report`):
    hit both alike; the median over repeats is reported.
 2. ``decoding``: greedy and beam-5 sentences/s, graph incremental vs graph full
    recomputation vs dense full recomputation (``nn.TransformerDecoder`` has no
-   key/value cache), all driven by the same beam search.
+   key/value cache), all driven by the same beam search and the library's batching
+   (:func:`~transformer_graph.inference.evaluation.decode_dataset`).
 3. ``attention``: attention alone, forward + backward, vs sequence length at a
    fixed number of tokens per batch: dense ``scaled_dot_product_attention``
-   (without and with a padding mask) vs the complete graph vs a local window.
+   (without and with a padding mask) vs the complete graph vs a local window
+   (the structure registry's ``window``).
 4. ``ceiling``: the machine's float32 and bfloat16 matrix-product FLOP/s, measured
    in the same run, and the model FLOP/s of section 1 as a fraction of them.
 5. ``profile``: the top ops of one training step (torch.profiler), graph and dense.
@@ -26,147 +33,46 @@ the meaning of every number.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
+import shlex
 import statistics
+import sys
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
 
-from transformer_graph.graphs._dgl import dgl
-from transformer_graph.message_passing.attention import GraphAttention
-from transformer_graph.config import ModelConfig, load_config
-from transformer_graph.data.datasets import SPECIALS, Batcher, DataError, Dataset, Vocab, collate
-from transformer_graph.nn.dense import DenseTransformer
 from bench.flops import ModelShape, attention_flops, training_flops
+from bench.options import BenchmarkError, BenchOptions, parse_options, size_config
+from bench.outputs import OutputError, check_output_dir, inside_docs
+from bench.profiling import graph_index_bytes, peak_memory, top_ops
+from bench.report import markdown, write_results
+from bench.sections import ATTENTION_METHODS, DECODERS, MODELS, PRECISIONS, SECTIONS, output_names
+from transformer_graph.cli.errors import user_errors
+from transformer_graph.config import load_config
+from transformer_graph.data.datasets import SPECIALS, Batcher, DataError, Dataset, Vocab, collate
+from transformer_graph.experiment import build_experiment, build_model, graph_spec, load_trained
 from transformer_graph.graphs.build import KINDS, batch_graph, complete
+from transformer_graph.graphs.structures import make_structure
+from transformer_graph.inference.dense_decoding import DenseRecomputeState
+from transformer_graph.inference.evaluation import decode_dataset
+from transformer_graph.message_passing import csr, resolve_engine, set_engine, using_engine
+from transformer_graph.message_passing.attention import GraphAttention
+from transformer_graph.nn.dense import DenseTransformer
 from transformer_graph.nn.loss import label_smoothed_loss
 from transformer_graph.train.malloc import malloc_settings, tune_malloc
-from bench.profiling import graph_index_bytes, peak_memory, top_ops
-from transformer_graph.message_passing import csr as sparse_attention
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = {1: "training", 2: "decoding", 3: "attention", 4: "ceiling", 5: "profile"}
-PRECISIONS = ("fp32", "bf16")
-MODELS = ("graph", "dense")
-DECODERS = ("graph_incremental", "graph_recompute", "dense_recompute")
-ATTENTION_METHODS = ("dense_sdpa", "dense_masked", "graph_complete", "graph_window", "graph_complete_dgl",
-                     "graph_window_dgl")
 MB = 2 ** 20
-
-
-class BenchmarkError(ValueError):
-    """A benchmark option is out of range or the data it needs is missing."""
-
-
-# --------------------------------------------------------------------------
-# Options
-# --------------------------------------------------------------------------
-@dataclass
-class BenchOptions:
-    """Everything a benchmark run depends on (all recorded in the JSON)."""
-
-    out: str = "docs"
-    sections: tuple[int, ...] = (1, 2, 3, 4, 5)
-    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
-    quick: bool = False
-    seed: int = 0
-    malloc: str = "tuned"                    # "tuned" or glibc's "default" (see transformer_graph.train.malloc)
-    config: str = "configs/multi30k_cpu.yaml"  # data, batching and the multi30k_cpu size
-    data: str = "auto"                       # "auto": Multi30k when present, else synthetic
-    synthetic_vocab: int = 14550             # joint vocabulary of the synthetic fallback
-    # 1. training
-    sizes: tuple[str, ...] = ("copy", "multi30k_cpu", "reference")
-    precisions: tuple[str, ...] = PRECISIONS
-    max_tokens: int | None = None            # None: the config's data.max_tokens
-    train_batches: int = 6
-    mem_batches: int = 2
-    repeats: int = 3
-    # 2. decoding
-    decode_sentences: int = 1000
-    decode_size: str = "multi30k_cpu"
-    beams: tuple[int, ...] = (1, 5)
-    checkpoint: str | None = None
-    # 3. attention
-    attn_tokens: int = 8192
-    attn_lengths: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048)
-    attn_d_model: int = 256
-    attn_heads: int = 4
-    window: int = 8
-    attn_repeats: int = 3
-    attn_max_mb: float = 8000.0
-    attn_dgl_max_len: int = 512             # DGL's kernels are slow: measured up to this length
-    # 4. ceiling
-    ceiling_n: int = 2048
-    # 5. profile
-    profile_size: str = "multi30k_cpu"
-    profile_threads: int | None = 1          # None: the run's threads
-    profile_ops: int = 15
-
-    @classmethod
-    def quick_options(cls, **overrides) -> "BenchOptions":
-        """Tiny sizes and few repeats: the whole benchmark in seconds (for tests)."""
-        quick = dict(quick=True, malloc="default", data="synthetic", synthetic_vocab=300, sizes=("copy", "tiny"),
-                     max_tokens=256, train_batches=2, mem_batches=1, repeats=2, decode_sentences=4,
-                     decode_size="tiny", attn_tokens=128, attn_lengths=(16, 32, 64), attn_repeats=2,
-                     window=2, ceiling_n=128, profile_size="tiny", profile_ops=8)
-        quick.update(overrides)
-        return cls(**quick)
-
-    def validate(self) -> "BenchOptions":
-        def bad(name, expected):
-            return BenchmarkError(f"benchmark option {name}: expected {expected}, got {getattr(self, name)!r}")
-
-        if not self.sections or any(s not in SECTIONS for s in self.sections):
-            raise bad("sections", f"a non-empty subset of {sorted(SECTIONS)} "
-                                  f"({', '.join(f'{k}={v}' for k, v in SECTIONS.items())})")
-        for name in ("threads", "train_batches", "mem_batches", "repeats", "decode_sentences",
-                     "attn_tokens", "attn_d_model", "attn_heads", "attn_repeats", "ceiling_n",
-                     "synthetic_vocab", "profile_ops"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise bad(name, "a positive integer")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise bad("max_tokens", "a positive integer or None")
-        if self.profile_threads is not None and self.profile_threads < 1:
-            raise bad("profile_threads", "a positive integer or None")
-        if self.window < 0:
-            raise bad("window", "a non-negative integer")
-        if self.synthetic_vocab <= len(SPECIALS):
-            raise bad("synthetic_vocab", f"more than the {len(SPECIALS)} special tokens")
-        if self.malloc not in ("default", "tuned"):
-            raise bad("malloc", "'default' or 'tuned'")
-        if self.data not in ("auto", "multi30k", "synthetic"):
-            raise bad("data", "'auto', 'multi30k' or 'synthetic'")
-        for size in (*self.sizes, self.decode_size, self.profile_size):
-            if size not in SIZE_NAMES:
-                raise BenchmarkError(f"benchmark size {size!r} is unknown; expected one of {SIZE_NAMES}")
-        if not self.sizes:
-            raise bad("sizes", "at least one model size")
-        if not self.precisions or any(p not in PRECISIONS for p in self.precisions):
-            raise bad("precisions", f"a non-empty subset of {PRECISIONS}")
-        if not self.beams or any(b < 1 for b in self.beams):
-            raise bad("beams", "positive beam sizes")
-        if self.attn_d_model % self.attn_heads:
-            raise BenchmarkError(f"benchmark option attn_d_model={self.attn_d_model} must be divisible "
-                                 f"by attn_heads={self.attn_heads}")
-        if not self.attn_lengths or any(not 1 <= n <= self.attn_tokens for n in self.attn_lengths):
-            raise bad("attn_lengths", f"sequence lengths between 1 and attn_tokens={self.attn_tokens}")
-        if self.attn_max_mb <= 0:
-            raise bad("attn_max_mb", "a positive number")
-        if self.checkpoint is not None and not Path(self.checkpoint).is_file():
-            raise BenchmarkError(f"benchmark option checkpoint: file {self.checkpoint!r} does not exist")
-        return self
-
 
 # --------------------------------------------------------------------------
 # Machine
@@ -190,6 +96,18 @@ def _cpuinfo() -> tuple[str, set[str]]:
     return model, flags
 
 
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def dgl_available() -> bool:
+    """Whether the dgl engine can run here (DGL is optional; its rows are skipped without it)."""
+    return resolve_engine("auto") == "dgl"
+
+
 def machine_info(threads: int) -> dict:
     """CPU, flags, library versions and thread settings of this run."""
     model, flags = _cpuinfo()
@@ -206,7 +124,8 @@ def machine_info(threads: int) -> dict:
         "interop_threads": torch.get_num_interop_threads(),
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
         "torch": torch.__version__,
-        "dgl": dgl.__version__,
+        "dgl": _version("dgl"),
+        "dgl_engine": dgl_available(),
         "numpy": np.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -220,25 +139,6 @@ def machine_info(threads: int) -> dict:
 # --------------------------------------------------------------------------
 # Data and model sizes
 # --------------------------------------------------------------------------
-def _project_path(path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() or p.exists() else PROJECT_ROOT / p
-
-
-def size_config(name: str, opts: BenchOptions) -> ModelConfig:
-    """The model architecture called ``name`` (see :data:`SIZE_NAMES`)."""
-    if name == "copy":
-        return load_config(_project_path("configs/copy.yaml")).model
-    if name == "multi30k_cpu":
-        return load_config(_project_path(opts.config)).model
-    if name == "reference":
-        return ModelConfig()  # the paper's base model: 6 layers, d_model 512, 8 heads, d_ff 2048
-    if name == "tiny":
-        return ModelConfig(layers=2, d_model=32, d_ff=64, heads=2, dropout=0.1)
-    raise BenchmarkError(f"benchmark size {name!r} is unknown; expected one of {SIZE_NAMES}")
-
-
-SIZE_NAMES = ("copy", "multi30k_cpu", "reference", "tiny")
 
 # Multi30k (train, Moses tokens): log source length ~ N(2.53, 0.30), 4..41 tokens;
 # target length ~ 0.97 * source + N(0, 2.2). Used only when the data is absent.
@@ -271,17 +171,17 @@ class BenchData:
 
 
 def load_bench_data(opts: BenchOptions) -> BenchData:
-    cfg = load_config(_project_path(opts.config))
+    cfg = load_config(opts.config)
     max_tokens = opts.max_tokens or cfg.data.max_tokens or 4096
     exp = None
     if opts.data != "synthetic":
-        from transformer_graph.experiment import build_experiment
         try:
             exp = build_experiment(cfg)
         except (DataError, OSError) as err:
             if opts.data == "multi30k":
                 raise BenchmarkError(f"benchmark data: Multi30k requested but not loadable: {err}") from None
-            warnings.warn(f"Multi30k not available ({err}); benchmarking on synthetic Multi30k-like data")
+            warnings.warn(f"Multi30k not available ({err}); benchmarking on synthetic Multi30k-like data",
+                          stacklevel=2)
     if exp is not None:
         train, vocab = exp.splits["train"], exp.tgt_vocab
         test_src = [s for s, _ in exp.splits["test"].pairs]
@@ -299,10 +199,11 @@ def load_bench_data(opts: BenchOptions) -> BenchData:
 
 
 def build_size(name: str, opts: BenchOptions, vocab: int):
-    """A freshly initialised graph model of size ``name`` (seeded), in train mode."""
-    from transformer_graph.experiment import build_model
+    """A freshly initialised graph model of size ``name`` (seeded), in train mode, on the torch
+    engine (the sparse CSR kernels on CPU): the "graph" rows. Section 5 profiles the dgl engine
+    beside it (:func:`~transformer_graph.message_passing.using_engine`)."""
     torch.manual_seed(opts.seed)
-    return build_model(size_config(name, opts), vocab, vocab).train()
+    return set_engine(build_model(size_config(name, opts.config), vocab, vocab).train(), "torch")
 
 
 def autocast(precision: str):
@@ -350,7 +251,7 @@ class TrainStep:
 def _forget_patterns(batches) -> None:
     for b in batches:
         for kind in KINDS:
-            sparse_attention.forget_patterns(getattr(b.graphs, kind))
+            csr.forget_patterns(getattr(b.graphs, kind))
 
 
 def _timed(fn: Callable[[], object]) -> float:
@@ -409,12 +310,12 @@ def bench_training(opts: BenchOptions, data: BenchData, log=print) -> dict:
                 for name in (MODELS if r % 2 == 0 else MODELS[::-1]):
                     step = steps[name]
                     _forget_patterns(batches)  # built inside the step, as on a fresh batch
-                    times[name].append(_timed(lambda: [step(b) for b in batches]))
+                    times[name].append(_timed(lambda step=step: [step(b) for b in batches]))
             for name in MODELS:
                 peaks, index_bytes = [], []
                 for b in batches[:opts.mem_batches]:
                     _forget_patterns([b])      # its CSR indices are then tensors of the step
-                    _, mem = peak_memory(lambda: steps[name](b))
+                    _, mem = peak_memory(lambda step=steps[name], b=b: step(b))
                     peaks.append(mem.peak_bytes)
                     if name == "graph":
                         index_bytes.append(sum(graph_index_bytes(getattr(b.graphs, k)) for k in KINDS))
@@ -439,45 +340,32 @@ def bench_training(opts: BenchOptions, data: BenchData, log=print) -> dict:
 # 2. Decoding
 # --------------------------------------------------------------------------
 def _decode_model(opts: BenchOptions, data: BenchData):
-    """(graph model in eval mode, what it is, eval settings) for the decoding section."""
-    cfg = load_config(_project_path(opts.config))
+    """(graph model in eval mode, what it is, its graph structures, eval settings) for the decoding section."""
+    cfg = load_config(opts.config)
     if opts.checkpoint:
-        from transformer_graph.experiment import load_trained
-        model, ckpt_cfg, _, _ = load_trained(opts.checkpoint)
+        model, ckpt_cfg, _, _ = load_trained(opts.checkpoint, engine="torch")   # as the graph rows run
         if model.config["src_vocab"] != len(data.vocab):
             raise BenchmarkError(f"checkpoint {opts.checkpoint!r} has a vocabulary of {model.config['src_vocab']} "
                                  f"tokens but the benchmark data has {len(data.vocab)}; use the config it was "
                                  f"trained with (--config)")
-        return model, f"checkpoint {opts.checkpoint}", ckpt_cfg.eval
+        return model, f"checkpoint {opts.checkpoint}", graph_spec(ckpt_cfg.model), ckpt_cfg.eval
     model = build_size(opts.decode_size, opts, len(data.vocab)).eval()
     what = f"{opts.decode_size} size, untrained (random init: hypotheses mostly run to the length limit)"
-    return model, what, cfg.eval
-
-
-def _decode_all(decode: Callable, src: list[list[int]], beam: int) -> list[list[int]]:
-    """Sort by length and decode in chunks, as evaluation.decode_dataset does."""
-    order = sorted(range(len(src)), key=lambda i: len(src[i]))
-    per_batch = max(1, 128 // beam) if beam > 1 else 128
-    out: list = [None] * len(src)
-    for start in range(0, len(order), per_batch):
-        chunk = order[start:start + per_batch]
-        for i, hyps in zip(chunk, decode([src[i] for i in chunk], beam)):
-            out[i] = hyps[0].tokens
-    return out
+    return model, what, graph_spec(size_config(opts.decode_size, opts.config)), cfg.eval
 
 
 def bench_decoding(opts: BenchOptions, data: BenchData, log=print) -> dict:
-    from transformer_graph.inference.decoding import beam_search
-    from transformer_graph.inference.dense_decoding import dense_beam_search
-
-    model, what, ev = _decode_model(opts, data)
+    model, what, spec, ev = _decode_model(opts, data)
     dense = DenseTransformer(model).eval()
     v = data.vocab
     kw = dict(sos=v.sos, eos=v.eos, alpha=ev.alpha, max_len_a=ev.max_len_a, max_len_b=ev.max_len_b)
+    dense_state = lambda _model, seqs, _spec, device: DenseRecomputeState(dense, seqs, device)
+    # All three through the library's length-sorted batching, as `evaluate` decodes a test set.
     decoders = {
-        "graph_incremental": lambda s, beam: beam_search(model, s, beam=beam, incremental=True, **kw),
-        "graph_recompute": lambda s, beam: beam_search(model, s, beam=beam, incremental=False, **kw),
-        "dense_recompute": lambda s, beam: dense_beam_search(dense, s, beam=beam, **kw),
+        "graph_incremental": lambda s, beam: decode_dataset(model, s, spec, beam=beam, incremental=True, **kw),
+        "graph_recompute": lambda s, beam: decode_dataset(model, s, spec, beam=beam, incremental=False, **kw),
+        "dense_recompute": lambda s, beam: decode_dataset(model, s, spec, beam=beam, state_factory=dense_state,
+                                                          **kw),
     }
     src = data.test_src
     out = {"model": what, "sentences": len(src), "source_tokens": sum(map(len, src)),
@@ -490,7 +378,7 @@ def bench_decoding(opts: BenchOptions, data: BenchData, log=print) -> dict:
             outputs, seconds = {}, {}
             for name, decode in decoders.items():
                 start = time.perf_counter()
-                outputs[name] = _decode_all(decode, src, beam)
+                outputs[name] = decode(src, beam)
                 seconds[name] = time.perf_counter() - start
             ref = outputs["graph_incremental"]
             res = {}
@@ -508,52 +396,20 @@ def bench_decoding(opts: BenchOptions, data: BenchData, log=print) -> dict:
 # --------------------------------------------------------------------------
 # 3. Attention alone
 # --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Window:
-    """Structure: key j -> query i iff |i - j| <= w (a local band, self included).
-
-    Built in O(n * w) for self-attention (never the n^2 complete graph, which would
-    not fit at long lengths). A frozen dataclass, so equal windows hash alike in the
-    pair-edge cache.
-    """
-
-    w: int
-
-    @property
-    def __name__(self) -> str:  # graphs.pair_edges names structures in its errors
-        return f"window{self.w}"
-
-    def __call__(self, n_keys: int, n_queries: int):
-        if n_keys != n_queries:
-            keys, queries = complete(n_keys, n_queries)
-            keep = (keys - queries).abs() <= self.w
-            return keys[keep], queries[keep]
-        offsets = torch.arange(-self.w, self.w + 1)
-        queries = torch.arange(n_queries).repeat_interleave(offsets.numel())
-        keys = queries + offsets.repeat(n_queries)
-        keep = (keys >= 0) & (keys < n_keys)
-        return keys[keep], queries[keep]
-
 
 def structure_bytes(graph) -> int:
-    """Memory of a graph's structure: DGL's sparse formats plus the cached CSR patterns."""
-    return graph_index_bytes(graph) + sparse_attention.pattern_bytes(graph)
+    """Memory of a graph's structure: its index arrays, DGL's formats and the cached CSR patterns."""
+    return graph_index_bytes(graph) + csr.pattern_bytes(graph)
 
 
-def graph_attention_fn(attn: GraphAttention, graph, q, k, v, grad_out, kernels: str = "auto"):
-    """Forward + backward of the model's own phi and □ on ``graph`` (no projections),
-    dispatched as :meth:`GraphAttention.attend` does (``kernels="auto"``) or always on
-    DGL's kernels (``"dgl"``)."""
-    scale = 1.0 / attn.d_k ** 0.5
-
+def graph_attention_fn(attn: GraphAttention, graph, q, k, v, grad_out, engine: str = "torch"):
+    """Forward + backward of the block's own phi and □ on ``graph`` (no projections:
+    :meth:`~transformer_graph.message_passing.MessagePassingBlock.propagate`) on ``engine``."""
     def run():
         q.grad = k.grad = v.grad = None
-        with sparse_attention.enabled(sparse_attention.is_enabled() and kernels == "auto"):
-            if sparse_attention.supports(graph, q):
-                out, _ = sparse_attention.attend(graph, q, k, v, scale)
-            else:
-                out, _ = attn.aggregate(graph, attn.message(graph, q, k), v)
-            out.backward(grad_out)
+        with using_engine(attn, engine):
+            out, _ = attn.propagate(graph, q, k, v)
+        out.backward(grad_out)
     return run
 
 
@@ -577,7 +433,6 @@ def _estimate_mb(method: str, batch: int, length: int, heads: int, d_model: int,
 
 def _sdpa_kernel(q, k, v) -> str:
     """Which ATen kernel scaled_dot_product_attention dispatches to for these inputs."""
-    from torch.profiler import ProfilerActivity, profile
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -612,6 +467,10 @@ def bench_attention(opts: BenchOptions, log=print) -> dict:
                 row.update(skipped=f"estimated {est:.0f} MB > attn_max_mb={opts.attn_max_mb:.0f}")
                 out["results"][method].append(row)
                 continue
+            if method.endswith("_dgl") and not dgl_available():
+                row.update(skipped="DGL is not installed (the dgl engine is optional)")
+                out["results"][method].append(row)
+                continue
             if method.endswith("_dgl") and length > opts.attn_dgl_max_len:
                 row.update(skipped=f"DGL kernels measured up to attn_dgl_max_len={opts.attn_dgl_max_len}")
                 out["results"][method].append(row)
@@ -627,10 +486,11 @@ def bench_attention(opts: BenchOptions, log=print) -> dict:
                 fn = dense_attention_fn(*dense_in, dense_grad, mask)
                 pairs = batch * length * length
             else:
-                structure = complete if method.startswith("graph_complete") else Window(opts.window)
+                structure = (complete if method.startswith("graph_complete")
+                             else make_structure("window", opts.window))
                 graph = batch_graph(structure, [length] * batch, [length] * batch)
                 fn = graph_attention_fn(attn, graph, *graph_in, graph_grad,
-                                        "dgl" if method.endswith("_dgl") else "auto")
+                                        "dgl" if method.endswith("_dgl") else "torch")
                 pairs = graph.num_edges()
             fn()  # warm-up; also creates the graph's sparse formats
             times = [_timed(fn) for _ in range(opts.attn_repeats)]
@@ -750,15 +610,16 @@ def bench_profile(opts: BenchOptions, data: BenchData, log=print) -> dict:
     with num_threads(threads):
         model = build_size(opts.profile_size, opts, len(data.vocab))
         dense = DenseTransformer(model)
-        runs = [("graph", model, prec, True) for prec in opts.precisions]
-        runs += [("graph_dgl_kernels", model, prec, False) for prec in opts.precisions]
-        runs += [("dense", dense, prec, True) for prec in opts.precisions]
-        for name, m, prec, csr in runs:
+        runs = [("graph", model, prec, "torch") for prec in opts.precisions]
+        if dgl_available():
+            runs += [("graph_dgl_kernels", model, prec, "dgl") for prec in opts.precisions]
+        runs += [("dense", dense, prec, None) for prec in opts.precisions]
+        for name, m, prec, engine in runs:
             step = TrainStep(m, data.vocab.pad, prec)
-            with sparse_attention.enabled(csr):
+            with using_engine(model, engine) if engine else nullcontext():
                 step(batches[0])
                 _forget_patterns(batches[-1:])
-                ops_, total_ms, shares = top_ops(lambda: step(batches[-1]), n=opts.profile_ops,
+                ops_, total_ms, shares = top_ops(lambda step=step: step(batches[-1]), n=opts.profile_ops,
                                                  category=categorize)
             out["runs"][f"{name}_{prec}"] = {
                 "total_self_ms": total_ms, "tokens": batches[-1].num_tokens, "categories": shares,
@@ -812,9 +673,10 @@ def evaluate_targets(results: dict) -> list[dict]:
 
 def run_benchmark(opts: BenchOptions, log=print) -> dict:
     """Run the selected sections; returns the results dict (see :func:`write_results`)."""
-    opts.validate()
+    opts = opts.validate()
     if opts.malloc == "tuned" and not tune_malloc():
-        warnings.warn("malloc=tuned: glibc refused the settings (or this is not glibc); using the default")
+        warnings.warn("malloc=tuned: glibc refused the settings (or this is not glibc); using the default",
+                      stacklevel=2)
     torch.set_num_threads(opts.threads)
     results = {"machine": machine_info(opts.threads), "options": _jsonable(asdict(opts))}
     sections = set(opts.sections)
@@ -855,89 +717,37 @@ def _jsonable(x):
     return x
 
 
-def options_from_args(args) -> BenchOptions:
-    """BenchOptions from the command line of scripts/benchmark.py (argparse namespace)."""
-    base = BenchOptions.quick_options() if args.quick else BenchOptions()
-    given = {f.name: getattr(args, f.name) for f in fields(BenchOptions)
-             if getattr(args, f.name, None) is not None and f.name != "quick"}
-    return replace(base, **given)
-
-
 # --------------------------------------------------------------------------
-# Command line (scripts/benchmark.py)
+# Command line: python -m bench.benchmark
 # --------------------------------------------------------------------------
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _str_list(text: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in text.split(",") if x.strip())
-
-
-def build_parser() -> "argparse.ArgumentParser":
-    p = argparse.ArgumentParser(
-        prog="scripts/benchmark.py",
-        description="Graph vs dense Transformer: training, decoding, attention, machine ceiling, profile. "
-                    "Writes benchmark.md, benchmark.json and figures/benchmark_*.png under --out.")
-    p.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (seconds; for tests)")
-    p.add_argument("--sections", type=_int_list,
-                   help="comma-separated: " + ", ".join(f"{k}={v}" for k, v in SECTIONS.items()) + " (default all)")
-    p.add_argument("--threads", type=int, help="torch threads for every timing (default: all logical CPUs)")
-    p.add_argument("--out", help="output directory (default docs)")
-    p.add_argument("--config", help="config giving the data, batching and multi30k_cpu size "
-                                    "(default configs/multi30k_cpu.yaml)")
-    p.add_argument("--data", choices=("auto", "multi30k", "synthetic"),
-                   help="auto (default): Multi30k when present, else synthetic Multi30k-like lengths")
-    p.add_argument("--sizes", type=_str_list, help=f"training sizes, comma-separated from {SIZE_NAMES}")
-    p.add_argument("--precisions", type=_str_list, help="fp32,bf16 (default both)")
-    p.add_argument("--max-tokens", dest="max_tokens", type=int, help="token budget per training batch")
-    p.add_argument("--train-batches", dest="train_batches", type=int, help="batches per timed pass (default 6)")
-    p.add_argument("--mem-batches", dest="mem_batches", type=int, help="batches whose step memory is measured")
-    p.add_argument("--repeats", type=int, help="timed passes per model and precision (median reported)")
-    p.add_argument("--decode-sentences", dest="decode_sentences", type=int,
-                   help="test sentences decoded (default 1000: all of test2016)")
-    p.add_argument("--beams", type=_int_list, help="beam sizes to decode with (default 1,5)")
-    p.add_argument("--checkpoint", help="trained checkpoint for the decoding section (default: untrained "
-                                        "multi30k_cpu model)")
-    p.add_argument("--attn-tokens", dest="attn_tokens", type=int, help="tokens per attention batch (default 8192)")
-    p.add_argument("--attn-lengths", dest="attn_lengths", type=_int_list, help="sequence lengths (default 16..2048)")
-    p.add_argument("--window", type=int, help="half-width w of the local-window graph (default 8)")
-    p.add_argument("--attn-max-mb", dest="attn_max_mb", type=float,
-                   help="skip attention runs estimated to need more memory (default 8000)")
-    p.add_argument("--attn-dgl-max-len", dest="attn_dgl_max_len", type=int,
-                   help="longest length timed on DGL's kernels (default 512)")
-    p.add_argument("--ceiling-n", dest="ceiling_n", type=int, help="matrix size of the ceiling product (default 2048)")
-    p.add_argument("--profile-size", dest="profile_size", help="model size profiled (default multi30k_cpu)")
-    p.add_argument("--profile-threads", dest="profile_threads", type=int, help="threads while profiling (default 1)")
-    p.add_argument("--malloc", choices=("default", "tuned"),
-                   help="glibc allocator: tuned (default; reuses freed memory instead of page-faulting it "
-                        "in again, see transformer_graph/malloc.py) or glibc's default")
-    p.add_argument("--seed", type=int, help="seed of models and synthetic data (default 0)")
-    return p
+def check_outputs(opts: BenchOptions) -> list[Path]:
+    """Before any work: where the run writes, and the earlier run's files it replaces (--force)."""
+    if opts.quick and inside_docs(opts.out):
+        raise OutputError(f"--out {opts.out}: --quick results (tiny models, synthetic data, 2 repeats) are not "
+                          f"documentation and never go into docs/; choose another --out (default runs/bench)")
+    return check_output_dir(opts.out, output_names(), replace=opts.force)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import shlex
-    import sys
-
-    from bench.report import markdown, write_results
-
-    args = build_parser().parse_args(argv)
-    # "graph" rows use the fast sparse kernels; section 5 profiles DGL's kernels beside them.
-    sparse_attention.set_enabled(True)
+    """The command; returns its exit code (2 with one ``error: ...`` line for a user's mistake)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        opts = options_from_args(args).validate()
-        results = run_benchmark(opts, log=lambda msg: print(msg, file=sys.stderr, flush=True))
-    except BenchmarkError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    results["command"] = "python scripts/benchmark.py " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    paths = write_results(results, opts.out)
+        with user_errors():
+            opts = parse_options(argv)
+            replaced = check_outputs(opts)
+            results = run_benchmark(opts, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+            results["command"] = "python -m bench.benchmark " + shlex.join(argv)
+            paths = write_results(results, opts.out)
+    except SystemExit as stop:   # user_errors printed the error line (or argparse its usage)
+        return stop.code if isinstance(stop.code, int) else 2
+    # --force: files of the earlier run that this one did not rewrite would describe another run.
+    for path in set(replaced) - set(paths.values()):
+        path.unlink()
     print(markdown(results))
     for kind, path in paths.items():
         print(f"wrote {kind}: {path}", file=sys.stderr)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

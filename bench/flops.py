@@ -29,8 +29,8 @@ a lower rate.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class ModelShape:
     tgt_vocab: int
 
     @classmethod
-    def of(cls, model) -> "ModelShape":
+    def of(cls, model) -> ModelShape:
         """From a :class:`~transformer_graph.nn.model.GraphTransformer` (its ``config``)."""
         c = model.config
         return cls(c["layers"], c["decoder_layers"] or c["layers"], c["d_model"], c["d_ff"], c["tgt_vocab"])

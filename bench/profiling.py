@@ -11,9 +11,10 @@ above what was live when it started. That counts every tensor of both the
 graph and the dense model (DGL's PyTorch backend allocates its kernels' outputs
 as PyTorch tensors), independent of allocator caching, in one process.
 
-What it does not see: memory allocated outside PyTorch. For the graph model that
-is DGL's own index arrays of the attention graphs (COO/CSR/CSC, int32), which
-:func:`graph_index_bytes` counts exactly from the formats each graph created.
+What it does not see: memory allocated before the call or outside PyTorch. For the
+graph model that is the attention graphs' index arrays, built with the batch (COO and
+CSR row pointers, int64) and, on the dgl engine, DGL's own formats of them (COO/CSR/CSC,
+int32), which :func:`graph_index_bytes` counts exactly.
 On CUDA, ``torch.cuda.max_memory_allocated`` is the same measure and is used
 instead.
 """
@@ -21,8 +22,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 # Kineto (the profiler's backend) prints "STAGE: Completed Stage ..." lines for every
 # profile unless told otherwise; it reads this once, when first used.
@@ -30,6 +32,8 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+from transformer_graph.message_passing import csr  # noqa: E402
 
 
 @dataclass
@@ -63,8 +67,9 @@ def peak_memory(fn: Callable[[], Any], device: torch.device | str = "cpu") -> tu
         out = fn()
     events = [e for e in prof.profiler.kineto_results.events()
               if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
-    # Python's sort is stable: events of the same microsecond keep their recorded order.
-    events.sort(key=lambda e: e.start_us())
+    # Python's sort is stable: events of the same instant keep their recorded order. torch 2.2's
+    # events have start_us(), newer releases' only start_ns().
+    events.sort(key=(lambda e: e.start_ns()) if events and hasattr(events[0], "start_ns") else (lambda e: e.start_us()))
     live = peak = 0
     for e in events:
         live += e.nbytes()
@@ -73,19 +78,30 @@ def peak_memory(fn: Callable[[], Any], device: torch.device | str = "cpu") -> tu
 
 
 _FORMAT_ARRAYS = {
-    # format -> arrays of int32 it stores, as a function of (edges, src nodes, dst nodes)
+    # DGL format -> index entries it stores, as a function of (edges, src nodes, dst nodes)
     "coo": lambda e, ns, nd: 2 * e,
     "csr": lambda e, ns, nd: (ns + 1) + 2 * e,     # indptr, indices, edge ids
     "csc": lambda e, ns, nd: (nd + 1) + 2 * e,
 }
 
 
-def graph_index_bytes(graph) -> int:
-    """Bytes of the sparse formats ``graph`` has materialised (DGL allocations)."""
-    created = graph.formats()["created"]
-    e, ns, nd = graph.num_edges(), graph.num_src_nodes(), graph.num_dst_nodes()
-    itemsize = 4 if graph.idtype == torch.int32 else 8
+def dgl_format_bytes(view) -> int:
+    """Bytes of the sparse formats a DGL graph has materialised (DGL's own allocations)."""
+    created = view.formats()["created"]
+    e, ns, nd = view.num_edges(), view.num_src_nodes(), view.num_dst_nodes()
+    itemsize = 4 if view.idtype == torch.int32 else 8
     return sum(_FORMAT_ARRAYS[f](e, ns, nd) * itemsize for f in created)
+
+
+def graph_index_bytes(graph) -> int:
+    """Bytes of an :class:`~transformer_graph.graphs.graph.AttentionGraph`'s structure that the
+    tensor peak of a step on it does not see: its own index arrays (COO and the CSR row
+    pointers, built with the batch, before the step) and the formats of its DGL view when the
+    dgl engine made one (DGL allocations). Cached CSR patterns are left out: they are PyTorch
+    tensors, built inside a step once forgotten (``csr.forget_patterns``), and counted there."""
+    own = graph.index_bytes() - csr.pattern_bytes(graph)   # index_bytes() includes the patterns
+    view = graph.derived.get("dgl")
+    return own + (dgl_format_bytes(view) if view is not None else 0)
 
 
 @dataclass

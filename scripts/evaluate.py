@@ -1,10 +1,9 @@
 #!/usr/bin/env python
-"""Evaluate: python scripts/evaluate.py --checkpoint RUN/best.pt [--split test] [--beam 5] [--json FILE]"""
-import os
-import sys
+"""Evaluate a checkpoint. Same as `tg-evaluate`: see `tg-evaluate --help`.
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from transformer_graph.cli.main import evaluate_main  # noqa: E402
+Needs the package installed (`make install` or `pip install -e .`).
+"""
+from transformer_graph.cli.evaluate import main
 
 if __name__ == "__main__":
-    evaluate_main()
+    raise SystemExit(main())

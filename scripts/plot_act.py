@@ -1,13 +1,9 @@
 #!/usr/bin/env python
-"""ACT step pictures (logic in transformer_graph/act_plot.py):
+"""ACT step pictures of a Universal Transformer. Same as `tg-plot-act`: see `tg-plot-act --help`.
 
-    python scripts/plot_act.py --checkpoint RUN/best.pt --out act.png [--split valid] [--limit N]
+Needs the package installed (`make install` or `pip install -e .`).
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from transformer_graph.viz.act import main  # noqa: E402
+from transformer_graph.cli.plot_act import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

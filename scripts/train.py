@@ -1,10 +1,9 @@
 #!/usr/bin/env python
-"""Train: python scripts/train.py --config configs/copy.yaml [--set k=v ...] [--run-dir DIR] [--resume DIR]"""
-import os
-import sys
+"""Train a graph Transformer from a YAML config. Same as `tg-train`: see `tg-train --help`.
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from transformer_graph.cli.main import train_main  # noqa: E402
+Needs the package installed (`make install` or `pip install -e .`).
+"""
+from transformer_graph.cli.train import main
 
 if __name__ == "__main__":
-    train_main()
+    raise SystemExit(main())

@@ -1,10 +1,9 @@
 #!/usr/bin/env python
-"""Translate: python scripts/translate.py --checkpoint RUN/best.pt [--beam 5] [SENTENCE ...] (else stdin)"""
-import os
-import sys
+"""Translate raw sentences with a checkpoint. Same as `tg-translate`: see `tg-translate --help`.
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from transformer_graph.inference.translate import translate_main  # noqa: E402
+Needs the package installed (`make install` or `pip install -e .`).
+"""
+from transformer_graph.cli.translate import main
 
 if __name__ == "__main__":
-    sys.exit(translate_main())
+    raise SystemExit(main())

@@ -1,8 +1,9 @@
-"""The benchmark script, and the pieces its numbers rest on: FLOP counts, peak memory,
-the dense decoding baseline, the sparse attention kernels, the allocator setting.
+"""The benchmark tool (python -m bench.benchmark), and the pieces its numbers rest on: FLOP counts,
+peak memory, the dense decoding baseline, the sparse attention kernels, the allocator setting.
 
 No test asserts on time: timings depend on the machine and its load.
 """
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,17 +15,23 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from transformer_graph.message_passing import csr as sparse_attention
-from transformer_graph.message_passing.attention import GraphAttention
-from bench.benchmark import (ATTENTION_METHODS, BenchmarkError, BenchOptions, Window, categorize,
-                                         evaluate_targets, main)
-from transformer_graph.inference.decoding import beam_search
-from transformer_graph.nn.dense import DenseTransformer, pad, unpad
-from transformer_graph.inference.dense_decoding import dense_beam_search
+from bench.benchmark import categorize, evaluate_targets, main
 from bench.flops import ModelShape, forward_flops, training_flops
-from transformer_graph.graphs.build import batch_graph, bipartite, build_graphs
-from transformer_graph.nn.model import make_model
+from bench.options import BenchmarkError, BenchOptions, validated
 from bench.profiling import graph_index_bytes, peak_memory
+from bench.sections import ATTENTION_METHODS
+from transformer_graph.config import ConfigError, config_from_dict
+from transformer_graph.graphs import _dgl
+from transformer_graph.graphs.build import batch_graph, bipartite, build_graphs
+from transformer_graph.graphs.structures import make_structure
+from transformer_graph.inference.decoding import beam_search
+from transformer_graph.inference.dense_decoding import dense_beam_search
+from transformer_graph.message_passing import csr as sparse_attention
+from transformer_graph.message_passing import get_engine, using_engine
+from transformer_graph.message_passing.attention import GraphAttention
+from transformer_graph.nn.dense import DenseTransformer, pad, unpad
+from transformer_graph.nn.model import make_model
+from transformer_graph.train import trainer as trainer_module
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 2 ** 20
@@ -41,7 +48,8 @@ def assert_png(path: Path) -> None:
 # --------------------------------------------------------------------------
 # The whole benchmark, tiny
 # --------------------------------------------------------------------------
-def test_quick_benchmark_writes_markdown_json_and_plots(tmp_path, capsys):
+def test_quick_benchmark_writes_markdown_json_and_plots(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)   # configs/ are read from the checkout
     assert main(["--quick", "--threads", "1", "--out", str(tmp_path)]) == 0
     stdout = capsys.readouterr().out
     md = (tmp_path / "benchmark.md").read_text()
@@ -57,7 +65,7 @@ def test_quick_benchmark_writes_markdown_json_and_plots(tmp_path, capsys):
     assert {"machine", "options", "data", "training", "decoding", "attention", "ceiling", "profile",
             "targets", "command"} <= set(r)
     assert r["machine"]["threads"] == 1 and "avx512_bf16" in r["machine"]["cpu_flags"]
-    assert r["options"]["quick"] is True and r["command"].startswith("python scripts/benchmark.py --quick")
+    assert r["options"]["quick"] is True and r["command"].startswith("python -m bench.benchmark --quick")
 
     t = r["training"]
     assert set(t["sizes"]) == {"copy", "tiny"}
@@ -96,7 +104,8 @@ def test_quick_benchmark_writes_markdown_json_and_plots(tmp_path, capsys):
     assert len(c["model_flops"]) == 8 and all(0 < x["fraction_of_ceiling"] for x in c["model_flops"])
 
     p = r["profile"]
-    assert set(p["runs"]) == {f"{m}_{x}" for m in ("graph", "graph_dgl_kernels", "dense") for x in ("fp32", "bf16")}
+    models = ("graph", "graph_dgl_kernels", "dense") if _dgl.available() else ("graph", "dense")
+    assert set(p["runs"]) == {f"{m}_{x}" for m in models for x in ("fp32", "bf16")}
     for run in p["runs"].values():
         assert sum(run["categories"].values()) == pytest.approx(1.0, abs=1e-6)
         assert 0 < len(run["top_ops"]) <= 8
@@ -107,9 +116,9 @@ def test_quick_benchmark_writes_markdown_json_and_plots(tmp_path, capsys):
 
 def test_script_runs_one_section(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--quick", "--sections", "4",
+    proc = subprocess.run([sys.executable, "-m", "bench.benchmark", "--quick", "--sections", "4",
                            "--threads", "1", "--out", str(tmp_path)], capture_output=True, text=True, env=env,
-                          timeout=120)
+                          timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     r = json.loads((tmp_path / "benchmark.json").read_text())
     assert "ceiling" in r and "training" not in r and r["ceiling"]["model_flops"] == []
@@ -117,7 +126,8 @@ def test_script_runs_one_section(tmp_path):
     assert not (tmp_path / "figures" / "benchmark_training.png").exists()
 
 
-def test_bad_options_are_clear_errors(capsys):
+def test_bad_options_are_clear_errors(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
     assert main(["--quick", "--sections", "7", "--out", "unused"]) == 2
     assert "sections" in capsys.readouterr().err
     with pytest.raises(BenchmarkError, match="attn_lengths"):
@@ -191,12 +201,20 @@ def test_peak_memory_counts_temporary_and_kept_tensors():
     assert 1 * MB <= mem.end_bytes < 1.1 * MB
 
 
+@pytest.mark.needs_dgl  # compares with the dgl engine / DGL's own formats
 def test_graph_index_bytes_count_created_formats():
     g = build_graphs([3, 4], [2, 5]).enc
     e = g.num_edges()
-    assert graph_index_bytes(g) == 2 * e * 4                   # COO only, int32
-    g.adj_tensors("csc")
-    assert graph_index_bytes(g) == 2 * e * 4 + (7 + 1 + 2 * e) * 4
+    assert graph_index_bytes(g) == 2 * e * 8                   # the graph's COO only, int64
+    assert g.indptr.numel() == g.num_dst_nodes() + 1          # + its CSR row pointers, once asked for
+    own = 2 * e * 8 + (g.num_dst_nodes() + 1) * 8
+    assert graph_index_bytes(g) == own
+    view = g.dgl()                                             # the dgl engine's view: DGL's COO, int32
+    assert graph_index_bytes(g) == own + 2 * e * 4
+    view.adj_tensors("csc")
+    assert graph_index_bytes(g) == own + 2 * e * 4 + (7 + 1 + 2 * e) * 4
+    sparse_attention.pattern_of(g, 2)                          # CSR patterns: tensors, seen by peak_memory
+    assert graph_index_bytes(g) == own + 2 * e * 4 + (7 + 1 + 2 * e) * 4
 
 
 def test_dense_pad_unpad_match_pad_sequence_and_carry_gradients():
@@ -227,7 +245,7 @@ def test_dense_recompute_decodes_what_the_graph_decodes(beam):
 # Attention kernels and structures
 # --------------------------------------------------------------------------
 def _attend_both(graph, heads=4, d_k=8, dtype=torch.float64):
-    """(out, weights, grads) from the sparse CSR kernels and from DGL's."""
+    """(out, weights, grads) from the torch engine (sparse CSR kernels) and from the dgl engine."""
     torch.manual_seed(1)
     attn = GraphAttention(heads * d_k, heads, dropout=0.0).to(dtype)
     nq, nk = graph.num_dst_nodes(), graph.num_src_nodes()
@@ -236,40 +254,44 @@ def _attend_both(graph, heads=4, d_k=8, dtype=torch.float64):
     v = torch.randn(nk, heads, d_k, dtype=dtype, requires_grad=True)
     probe = torch.randn(nq, heads * d_k, dtype=dtype)
     results = []
-    for flag in (True, False):
-        with sparse_attention.enabled(flag):
+    for engine in ("torch", "dgl"):
+        with using_engine(attn, engine):
             out, w = attn.attend(graph, q, k, v, need_weights=True)
             results.append((out, w, *torch.autograd.grad((out * probe).sum(), (q, k, v))))
     return results
 
 
+@pytest.mark.needs_dgl
 @pytest.mark.parametrize("kind", ["enc", "dec", "cross"])
 def test_sparse_kernels_equal_dgl_kernels(kind):
     graph = getattr(build_graphs([3, 7, 1, 5], [4, 2, 6, 1]), kind)
-    with sparse_attention.enabled(True):
-        assert sparse_attention.supports(graph, torch.zeros(1, 4, 8, dtype=torch.float64))
+    assert get_engine("torch").fused("dot_product", graph, torch.zeros(1, 4, 8, dtype=torch.float64))
     fast, dgl_ = _attend_both(graph)
     for a, b in zip(fast, dgl_):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-12)
     assert fast[1].shape == (graph.num_edges(), 4)
 
 
+@pytest.mark.needs_dgl  # compares with the dgl engine / DGL's own formats
 def test_sparse_kernels_fall_back_where_they_do_not_apply():
-    # Edges not numbered in query order: DGL's kernels are used, with the same results.
+    # Edges given out of query order: the graph puts them in query order, both engines agree,
+    # and the weights come back in the order the edges were given.
     keys, queries = torch.tensor([2, 0, 1, 0, 1]), torch.tensor([1, 0, 1, 1, 0])
     graph = bipartite(keys, queries, 3, 2)
-    with sparse_attention.enabled(True):
-        assert not sparse_attention.supports(graph, torch.zeros(2, 4, 8))
     out = _attend_both(graph)
-    assert torch.equal(out[0][0], out[1][0])
-    # a disabled switch also uses DGL's kernels
+    assert torch.allclose(out[0][0], out[1][0], atol=1e-12) and torch.allclose(out[0][1], out[1][1], atol=1e-12)
+    # where the CSR kernels do not apply (integer features, a graph without edges) the torch
+    # engine has no fused kernel; a block on the dgl engine never uses them
     ordered = build_graphs([3], [2]).enc
-    with sparse_attention.enabled(False):
-        assert not sparse_attention.supports(ordered, torch.zeros(3, 4, 8))
-    with sparse_attention.enabled(True):
-        assert sparse_attention.supports(ordered, torch.zeros(3, 4, 8))
+    assert not get_engine("torch").fused("dot_product", ordered, torch.zeros(3, 4, 8, dtype=torch.int64))
+    assert not get_engine("torch").fused("dot_product", bipartite(torch.tensor([], dtype=torch.int64),
+                                                                  torch.tensor([], dtype=torch.int64), 3, 2),
+                                         torch.zeros(2, 4, 8))
+    assert not get_engine("dgl").fused("dot_product", ordered, torch.zeros(3, 4, 8))
+    assert get_engine("torch").fused("dot_product", ordered, torch.zeros(3, 4, 8))
 
 
+@pytest.mark.needs_dgl  # compares with the dgl engine / DGL's own formats
 def test_sparse_kernels_take_bf16_features_and_return_bf16_gradients():
     """Under bf16 autocast q, k, v arrive in bf16: computed in float32 (as DGL's path
     does after casting), saved in bf16, gradients back in bf16."""
@@ -279,9 +301,9 @@ def test_sparse_kernels_take_bf16_features_and_return_bf16_gradients():
     k = torch.randn(10, 4, 8).bfloat16().requires_grad_()
     v = torch.randn(10, 4, 8).bfloat16().requires_grad_()
     results = []
-    for flag in (True, False):
-        with sparse_attention.enabled(flag):
-            assert sparse_attention.supports(graph, q) is flag
+    for engine in ("torch", "dgl"):
+        with using_engine(attn, engine):
+            assert (get_engine(engine).fused("dot_product", graph, q) is not None) is (engine == "torch")
             out, _ = attn.attend(graph, q, k, v)
             results.append((out, *torch.autograd.grad(out.sum(), (q, k, v))))
     (out, *grads), (ref, *ref_grads) = results
@@ -290,23 +312,22 @@ def test_sparse_kernels_take_bf16_features_and_return_bf16_gradients():
         assert g.dtype == torch.bfloat16 and torch.allclose(g.float(), r.float(), atol=1e-2, rtol=1e-2)
 
 
-def test_window_graph_attention_equals_banded_dense_attention():
+def test_window_graph_attention_equals_banded_dense_attention(engine):
     w, lens, heads, d_k = 2, [9, 6], 2, 4
-    graph = batch_graph(Window(w), lens, lens)
+    graph = batch_graph(make_structure("window", w), lens, lens)
     assert graph.num_edges() == sum(n * (2 * w + 1) - w * (w + 1) for n in lens)
     attn = GraphAttention(heads * d_k, heads, dropout=0.0).double()
     x = [torch.randn(sum(lens), heads, d_k, dtype=torch.float64) for _ in range(3)]
-    for flag in (True, False):
-        with sparse_attention.enabled(flag):
-            out, _ = attn.attend(graph, *x)
-        at = 0
-        for n in lens:
-            q, k, v = (t[at:at + n].transpose(0, 1) for t in x)        # (heads, n, d_k)
-            pos = torch.arange(n)
-            band = (pos[:, None] - pos[None, :]).abs() <= w
-            ref = F.scaled_dot_product_attention(q, k, v, attn_mask=band).transpose(0, 1).reshape(n, -1)
-            assert torch.allclose(out[at:at + n], attn.out_proj(ref), atol=1e-10)
-            at += n
+    with using_engine(attn, engine):
+        out, _ = attn.attend(graph, *x)
+    at = 0
+    for n in lens:
+        q, k, v = (t[at:at + n].transpose(0, 1) for t in x)        # (heads, n, d_k)
+        pos = torch.arange(n)
+        band = (pos[:, None] - pos[None, :]).abs() <= w
+        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=band).transpose(0, 1).reshape(n, -1)
+        assert torch.allclose(out[at:at + n], attn.out_proj(ref), atol=1e-10)
+        at += n
 
 
 def test_sparse_attention_with_dropout_trains():
@@ -355,7 +376,7 @@ def test_tune_malloc_stops_refaulting_freed_memory():
     assert faults["tuned"][1] < faults["default"][1] / 2
 
 
-def test_subclass_redefining_phi_is_not_bypassed_by_the_sparse_kernels():
+def test_subclass_redefining_phi_is_not_bypassed_by_the_sparse_kernels(engine):
     class Uniform(GraphAttention):
         def message(self, graph, q, k):   # every edge scores 0: softmax gives a plain mean
             return super().message(graph, q, k) * 0.0
@@ -363,8 +384,117 @@ def test_subclass_redefining_phi_is_not_bypassed_by_the_sparse_kernels():
     graph = build_graphs([4, 3], [2, 2]).enc
     attn = Uniform(8, 2, dropout=0.0)
     q, k, v = (torch.randn(7, 2, 4) for _ in range(3))
-    out, weights = attn.attend(graph, q, k, v, need_weights=True)
+    with using_engine(attn, engine):   # the torch engine's fused kernel would compute the parent's phi
+        out, weights = attn.attend(graph, q, k, v, need_weights=True)
     assert torch.allclose(weights[:16], torch.full((16, 2), 0.25))        # 4 x 4 edges of pair 0
     assert torch.allclose(weights[16:], torch.full((9, 2), 1 / 3))         # 3 x 3 edges of pair 1
-    mean = torch.cat([v[:4].mean(0, keepdim=True).expand(4, -1, -1), v[4:].mean(0, keepdim=True).expand(3, -1, -1)])
+    mean = torch.cat([v[:4].mean(0, keepdim=True).expand(4, -1, -1),
+                      v[4:].mean(0, keepdim=True).expand(3, -1, -1)])
     assert torch.allclose(out, attn.out_proj(mean.reshape(7, 8)), atol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# Where the tool writes, and how its options are checked
+# --------------------------------------------------------------------------
+@pytest.fixture
+def checkout(tmp_path, monkeypatch):
+    """A scratch copy of the checkout's layout as the current directory: configs/ and a tracked docs/."""
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    (tmp_path / "docs" / "figures").mkdir(parents=True)
+    (tmp_path / "docs" / "benchmark.md").write_text("the tracked report\n")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _docs_files(root: Path) -> dict:
+    return {p.relative_to(root): p.read_bytes() for p in (root / "docs").rglob("*") if p.is_file()}
+
+
+CEILING_ONLY = ["--quick", "--sections", "4", "--threads", "1"]
+
+
+def test_default_output_is_scratch_and_docs_stay_untouched(checkout, capsys):
+    docs = _docs_files(checkout)
+    assert main(CEILING_ONLY) == 0
+    assert "ceiling" in json.loads((checkout / "runs" / "bench" / "benchmark.json").read_text())
+    assert (checkout / "runs" / "bench" / "benchmark.md").is_file()
+    assert _docs_files(checkout) == docs
+    # --quick never writes into docs/, even when asked, and says so before any work
+    capsys.readouterr()
+    for out in ("docs", "docs/figures", str(checkout / "docs" / "quick")):
+        assert main([*CEILING_ONLY, "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --out {out}: --quick results") and "never go into docs/" in err
+    assert _docs_files(checkout) == docs and not (checkout / "docs" / "quick").exists()
+
+
+def test_existing_results_are_replaced_only_with_force(checkout, capsys):
+    out = checkout / "mine"
+    assert main([*CEILING_ONLY, "--out", str(out)]) == 0
+    first = (out / "benchmark.json").read_bytes()
+    (out / "notes.txt").write_text("the user's own file")
+    (out / "figures").mkdir()
+    (out / "figures" / "benchmark_training.png").write_bytes(b"an earlier run's figure")
+    capsys.readouterr()
+    assert main([*CEILING_ONLY, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {out}: would replace {out / 'benchmark.json'}, ")
+    assert "pass --force to replace them, or choose another --out" in err
+    assert (out / "benchmark.json").read_bytes() == first           # refused before any work
+    assert main([*CEILING_ONLY, "--out", str(out), "--force"]) == 0
+    r = json.loads((out / "benchmark.json").read_text())
+    assert r["options"]["force"] is True and (out / "benchmark.json").read_bytes() != first
+    assert (out / "notes.txt").read_text() == "the user's own file"   # not one of the tool's files
+    assert not (out / "figures" / "benchmark_training.png").exists()  # the earlier run's, not this one's
+    # an output path that cannot be a directory is refused before any work too
+    (checkout / "a_file").write_text("x")
+    assert main([*CEILING_ONLY, "--out", "a_file"]) == 2
+    assert "error: --out a_file: is an existing file; expected a directory" in capsys.readouterr().err
+
+
+def test_bad_option_is_reported_by_the_config_engine(checkout, capsys):
+    # The benchmark's options go through the config engine: the same checks and the same message
+    # shape as a config key, named by the flag that set them.
+    with pytest.raises(ConfigError) as cfg_err:
+        config_from_dict({"train": {"log_every": 0}})
+    assert str(cfg_err.value) == "<dict>: train.log_every: expected a positive integer, got 0"
+    assert main([*CEILING_ONLY, "--threads", "0"]) == 2
+    assert capsys.readouterr().err == "error: --threads: threads: expected a positive integer, got 0\n"
+    assert main([*CEILING_ONLY, "--repeats", "two"]) == 2
+    assert capsys.readouterr().err == "error: --repeats: repeats: expected an integer, got 'two'\n"
+    assert main([*CEILING_ONLY, "--precisions", "fp32,fp8"]) == 2
+    assert capsys.readouterr().err == "error: --precisions: precisions[1]: expected one of 'fp32', 'bf16', got 'fp8'\n"
+    assert main([*CEILING_ONLY, "--attn-heads", "3"]) == 2
+    assert "error: --attn-heads: attn_heads: expected a divisor of attn_d_model (256), got 3" in capsys.readouterr().err
+    with pytest.raises(BenchmarkError, match=r"^benchmark options: threads: expected a positive integer, got 0$"):
+        BenchOptions.quick_options(threads=0).validate()
+    with pytest.raises(BenchmarkError, match=r"^benchmark options: thread: unknown key; did you mean 'threads'\?$"):
+        validated({"thread": 1}, lambda *keys: "benchmark options")
+    assert not (checkout / "runs").exists()   # nothing was written by any of them
+
+
+def test_help_lists_every_option(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for f in dataclasses.fields(BenchOptions):
+        assert "--" + f.name.replace("_", "-") in text
+    assert "runs/bench" in text and "--quick sets:" in text
+
+
+def test_tune_malloc_is_a_validated_train_key_applied_by_the_trainer(tmp_path, monkeypatch):
+    assert config_from_dict({}).train.tune_malloc is True       # on by default (glibc: measured to help)
+    assert config_from_dict({}, overrides=["train.tune_malloc=false"]).train.tune_malloc is False
+    with pytest.raises(ConfigError, match=r"^--set train.tune_malloc=yes please: train.tune_malloc: expected a "
+                                          r"boolean \(true/false\), got 'yes please'$"):
+        config_from_dict({}, overrides=["train.tune_malloc=yes please"])
+    with pytest.raises(ConfigError, match=r"^<dict>: train.tune_malloc: expected a boolean \(true/false\), got 1$"):
+        config_from_dict({"train": {"tune_malloc": 1}})
+    calls = []
+    monkeypatch.setattr(trainer_module, "tune_malloc", lambda: calls.append(True) or True)
+    tiny = ["model.layers=1", "model.d_model=16", "model.d_ff=16", "model.heads=2", "data.train_size=8",
+            "data.valid_size=2", "data.test_size=2", "viz.example=null"]
+    for flag_value, expected in (("true", [True]), ("false", [])):
+        calls.clear()
+        trainer_module.Trainer(config_from_dict({}, overrides=[*tiny, f"train.tune_malloc={flag_value}"]),
+                               tmp_path / flag_value, quiet=True)
+        assert calls == expected

@@ -8,12 +8,18 @@
 6. Bad input raises ValueError naming the argument, never a raw DGL error.
 7. Nothing is left on the graphs; returned attention weights are proper softmaxes.
 8. float64 models work.
+
+The dense references run on both engines (the ``engine`` fixture, tests/conftest.py): the
+torch engine alone equals torch.nn.Transformer, and DGL's where DGL is installed.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
+import inspect
 import random
 import re
+import sys
 import warnings
 
 import pytest
@@ -21,12 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transformer_graph.graphs._dgl import dgl
+from transformer_graph.message_passing import set_engine
 from transformer_graph.message_passing.attention import GraphAttention
 from transformer_graph.data.batch import make_batch
 from transformer_graph.nn.dense import DenseTransformer, torch_transformer_from
 from transformer_graph.graphs.build import KINDS, GraphSpec, build_graphs
-from transformer_graph.nn.model import make_model
+from transformer_graph.config import config_from_dict
+from transformer_graph.experiment import build_model
+from transformer_graph.nn.model import GraphTransformer, TransformerConfig, make_model
 
 SRC_VOCAB, TGT_VOCAB = 23, 29
 SOS, EOS = 1, 2
@@ -75,8 +83,14 @@ def batch_of(src, tgt, **kw):
     return make_batch(src, tgt, sos=SOS, eos=EOS, **kw)
 
 
-def small_model(norm_first: bool = True, **kw):
-    return make_model(SRC_VOCAB, TGT_VOCAB, norm_first=norm_first, **{**SMALL, **kw})
+def small_model(norm_first: bool = True, engine: str = "auto", **kw):
+    return set_engine(make_model(SRC_VOCAB, TGT_VOCAB, norm_first=norm_first, **{**SMALL, **kw}), engine)
+
+
+def dgl_error_types() -> tuple:
+    """DGL's own error class, where DGL was imported (nothing can raise it otherwise)."""
+    dgl = sys.modules.get("dgl")
+    return (dgl.DGLError,) if dgl is not None else ()
 
 
 def pair_slices(lengths: list[int]) -> list[slice]:
@@ -115,7 +129,7 @@ def dense_attention(attn: GraphAttention, q, k, v, q_lens, k_lens, causal: bool)
                          ids=["float64", "float32"])
 @pytest.mark.parametrize("heads", [1, 2, 4, 8])
 @pytest.mark.parametrize("kind", KINDS)
-def test_graph_attention_equals_dense_masked_attention(kind, heads, dtype, tol):
+def test_graph_attention_equals_dense_masked_attention(kind, heads, dtype, tol, engine):
     d_model = 16
     src_lens, tgt_lens = random_lengths(5), random_lengths(5)
     graphs = build_graphs(src_lens, tgt_lens)
@@ -125,6 +139,7 @@ def test_graph_attention_equals_dense_masked_attention(kind, heads, dtype, tol):
     assert graph.num_src_nodes() == sum(k_lens) and graph.num_dst_nodes() == sum(q_lens)
 
     attn = GraphAttention(d_model, heads).to(dtype)
+    attn.engine = engine
     for p in attn.parameters():   # non-zero biases so their paths are tested too
         nn.init.normal_(p, std=0.3)
     x_q = torch.randn(sum(q_lens), d_model, dtype=dtype, requires_grad=True)
@@ -258,7 +273,7 @@ def summed_label_logprob(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tens
 def randomise_norms_and_biases(model):
     """Default LayerNorm (1, 0) and zero-ish biases hide mapping mistakes; perturb them."""
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))
 
@@ -276,8 +291,8 @@ def test_dense_param_name_mapping_is_a_bijection():
         assert sorted(kept) == sorted(n for n, _ in torch_transformer_from(model).named_parameters())
 
 
-def test_prenorm_decoder_states_equal_plain_nn_transformer():
-    model = small_model(norm_first=True).eval()
+def test_prenorm_decoder_states_equal_plain_nn_transformer(engine):
+    model = small_model(norm_first=True, engine=engine).eval()
     randomise_norms_and_biases(model)
     dense = plain_transformer(model).eval()
     batch = batch_of(*random_pairs(5))
@@ -290,8 +305,8 @@ def test_prenorm_decoder_states_equal_plain_nn_transformer():
 
 @pytest.mark.parametrize("norm_first,extra", [(True, {}), (False, {}), (True, {"decoder_layers": 1})],
                          ids=["pre-norm", "post-norm", "pre-norm-1-decoder-layer"])
-def test_model_log_probs_equal_torch_transformer_from(norm_first, extra):
-    model = small_model(norm_first, **extra).eval()
+def test_model_log_probs_equal_torch_transformer_from(norm_first, extra, engine):
+    model = small_model(norm_first, engine, **extra).eval()
     randomise_norms_and_biases(model)
     batch = batch_of(*random_pairs(5))
     dense = DenseTransformer(model).eval()
@@ -307,9 +322,9 @@ def test_model_log_probs_equal_torch_transformer_from(norm_first, extra):
 
 
 @pytest.mark.parametrize("norm_first", [True, False], ids=["pre-norm", "post-norm"])
-def test_gradients_equal_dense_model_sharing_no_parameters(norm_first):
+def test_gradients_equal_dense_model_sharing_no_parameters(norm_first, engine):
     """d(sum of label log-probs)/d(parameters): graph model vs an independent dense copy."""
-    model = small_model(norm_first).train()   # dropout is 0: training mode, no fast paths
+    model = small_model(norm_first, engine).train()   # dropout is 0: training mode, no fast paths
     randomise_norms_and_biases(model)
     emb = copy.deepcopy(model)                # embeddings + generator for the dense model
     if norm_first:
@@ -367,9 +382,9 @@ def test_target_token_changes_no_earlier_position_nor_other_pairs():
             assert float(others.max()) <= 1e-6, "another pair changed"
 
 
-def test_decoder_jacobian_is_lower_triangular():
+def test_decoder_jacobian_is_lower_triangular(engine):
     """Gradient form of causality: d out_i / d tgt_embedding_j == 0 for j > i."""
-    model = small_model().double().eval()
+    model = small_model(engine=engine).double().eval()
     batch = batch_of([[3, 4, 5]], [[6, 7, 8, 9]])
     memory, _ = model.encode(batch)
     x = model.embed_tgt(batch.tgt, batch.tgt_pos).detach().requires_grad_(True)
@@ -474,9 +489,9 @@ def raises_clean(fn, match: str) -> ValueError:
     with pytest.raises(ValueError, match=match) as info:
         fn()
     err = info.value
-    assert not isinstance(err, dgl.DGLError)
+    assert not isinstance(err, dgl_error_types())
     for inner in (err.__cause__, err.__context__):
-        assert not isinstance(inner, dgl.DGLError), f"raw DGL error leaked: {inner!r}"
+        assert not isinstance(inner, dgl_error_types()), f"raw DGL error leaked: {inner!r}"
     assert "DGLError" not in str(err) and "Check failed" not in str(err)
     return err
 
@@ -547,14 +562,21 @@ def test_bad_structures_and_tokens_never_reach_dgl():
 # 7. graphs stay clean; attention weights
 # --------------------------------------------------------------------------
 def assert_graph_empty(g):
-    for nt in g.ntypes:
-        assert len(g.nodes[nt].data) == 0, f"node features left on {nt}: {list(g.nodes[nt].data)}"
-    for et in g.canonical_etypes:
-        assert len(g.edges[et].data) == 0, f"edge features left on {et}: {list(g.edges[et].data)}"
+    """An AttentionGraph caches only index structures (CSR patterns, the DGL view): nothing
+    that depends on features, and no data on its DGL view."""
+    for key, value in g.derived.items():
+        if key == "dgl":
+            for nt in value.ntypes:
+                assert len(value.nodes[nt].data) == 0, f"node features left on {nt}: {list(value.nodes[nt].data)}"
+            for et in value.canonical_etypes:
+                assert len(value.edges[et].data) == 0, f"edge features left on {et}: {list(value.edges[et].data)}"
+        else:
+            floats = [n for n, t in vars(value).items() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+            assert not floats, f"feature-like tensors cached on the graph under {key!r}: {floats}"
 
 
-def test_forward_leaves_no_features_on_the_graphs():
-    model = small_model().train()
+def test_forward_leaves_no_features_on_the_graphs(engine):
+    model = small_model(engine=engine).train()
     batch = batch_of(*random_pairs(4))
     logp, _ = model(batch, return_attention=True)
     summed_label_logprob(logp, batch.labels).backward()
@@ -562,11 +584,13 @@ def test_forward_leaves_no_features_on_the_graphs():
     with torch.no_grad():
         model(batch)
     for kind in KINDS:
-        assert_graph_empty(getattr(batch.graphs, kind))
+        g = getattr(batch.graphs, kind)
+        assert_graph_empty(g)
+        assert ("dgl" in g.derived) == (engine == "dgl"), "the DGL view is built exactly when DGL runs"
 
 
-def test_returned_attention_weights_are_softmaxes_over_in_edges():
-    model = small_model().eval()
+def test_returned_attention_weights_are_softmaxes_over_in_edges(engine):
+    model = small_model(engine=engine).eval()
     batch = batch_of(*random_pairs(5))
     with torch.no_grad():
         logp, attn = model(batch, return_attention=True)
@@ -602,9 +626,9 @@ def test_returned_attention_weights_are_softmaxes_over_in_edges():
     assert torch.allclose(attn["dec"][0][first], torch.ones(int(first.sum()), heads))
 
 
-def test_attention_weights_equal_dense_softmax():
+def test_attention_weights_equal_dense_softmax(engine):
     """Layer-0 encoder weights equal softmax(q k^T / sqrt(d_k)) over the real keys."""
-    model = small_model().eval()
+    model = small_model(engine=engine).eval()
     batch = batch_of(*random_pairs(4))
     layer = model.encoder.layers[0]
     with torch.no_grad():
@@ -625,8 +649,8 @@ def test_attention_weights_equal_dense_softmax():
 # 8. float64
 # --------------------------------------------------------------------------
 @pytest.mark.parametrize("norm_first", [True, False], ids=["pre-norm", "post-norm"])
-def test_float64_model(norm_first):
-    model = small_model(norm_first).eval()
+def test_float64_model(norm_first, engine):
+    model = small_model(norm_first, engine).eval()
     randomise_norms_and_biases(model)
     model64 = copy.deepcopy(model).double()
     assert all(p.dtype == torch.float64 for p in model64.parameters())
@@ -643,3 +667,66 @@ def test_float64_model(norm_first):
         assert torch.isfinite(p.grad).all(), name
     _, attn = model64(batch, return_attention=True)
     assert all(w.dtype == torch.float64 for ws in attn.values() for w in ws)
+
+
+# --------------------------------------------------------------------------
+# 9. built from one config object
+# --------------------------------------------------------------------------
+def _same_state(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_model_from_config_object_equals_keyword_and_positional_forms():
+    config = TransformerConfig(SRC_VOCAB, TGT_VOCAB, layers=2, d_model=32, d_ff=64, heads=4, max_len=64)
+    torch.manual_seed(3)
+    a = GraphTransformer(config)
+    torch.manual_seed(3)
+    b = GraphTransformer(SRC_VOCAB, TGT_VOCAB, layers=2, d_model=32, d_ff=64, heads=4, max_len=64)
+    torch.manual_seed(3)
+    c = GraphTransformer(SRC_VOCAB, TGT_VOCAB, 2, 32, 64, 4, 0.1, True, False, False, 64)  # the old positional order
+    torch.manual_seed(3)
+    d = make_model(SRC_VOCAB, TGT_VOCAB, 2, 32, 64, 4, max_len=64)
+    assert a.config is config and b.config == config == c.config == d.config
+    assert _same_state(a, b) and _same_state(a, c) and _same_state(a, d)
+    assert list(inspect.signature(make_model).parameters)[:4] == ["src_vocab", "tgt_vocab", "layers", "d_model"]
+    assert list(inspect.signature(GraphTransformer).parameters) == list(TransformerConfig.POSITIONAL)
+    with pytest.raises(TypeError, match="layers"):
+        GraphTransformer(SRC_VOCAB, TGT_VOCAB, 2, layers=3)
+
+
+def test_config_reads_as_the_mapping_it_always_was():
+    model = make_model(SRC_VOCAB, TGT_VOCAB, **SMALL)
+    c = model.config
+    assert c["d_model"] == c.d_model == 32 and c["layers"] == 2 and c["kind"] == "standard"
+    assert dict(c)["aggregator"] == "attention" and set(c) >= {"src_vocab", "tgt_vocab", "decoder_layers"}
+    with pytest.raises(KeyError):
+        c["max_depth"]  # a universal option is not the standard model's business
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.d_model = 64
+
+
+def test_make_model_ties_the_generator_exactly_when_embeddings_are_shared():
+    shared = dict(SMALL, share_embeddings=True)
+    m = make_model(SRC_VOCAB, SRC_VOCAB, **shared)
+    assert m.generator.weight is m.tgt_embed.weight and m.config.tie_generator is True
+    m = make_model(SRC_VOCAB, SRC_VOCAB, tie_generator=False, **shared)
+    assert m.generator.weight is not m.tgt_embed.weight
+    m = GraphTransformer(SRC_VOCAB, SRC_VOCAB, **shared)  # the class itself defaults to untied, as always
+    assert m.generator.weight is not m.tgt_embed.weight and m.config.tie_generator is False
+    raises_clean(lambda: make_model(SRC_VOCAB, TGT_VOCAB, **shared), r"share_embeddings needs one joint vocabulary")
+
+
+def test_build_model_takes_only_the_options_of_its_kind():
+    cfg = config_from_dict({"model": dict(layers=3, decoder_layers=2, d_model=32, d_ff=64, heads=4,
+                                          max_depth=5, tie_generator=None, share_embeddings=True)})
+    model = build_model(cfg.model, SRC_VOCAB, SRC_VOCAB)
+    assert isinstance(model, GraphTransformer) and not hasattr(model.config, "max_depth")
+    assert (len(model.encoder.layers), len(model.decoder.layers)) == (3, 2)
+    assert model.generator.weight is model.tgt_embed.weight  # null: tie because embeddings are shared
+    torch.manual_seed(0)
+    a = build_model(cfg.model, SRC_VOCAB, SRC_VOCAB)
+    torch.manual_seed(0)
+    b = make_model(SRC_VOCAB, SRC_VOCAB, layers=3, decoder_layers=2, d_model=32, d_ff=64, heads=4,
+                   share_embeddings=True)
+    assert a.config == b.config and _same_state(a, b)

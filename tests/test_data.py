@@ -318,6 +318,22 @@ def test_find_data_dir(tmp_path, monkeypatch):
         multi30k.find_data_dir(tmp_path / "elsewhere")
 
 
+def test_default_data_dir_is_the_current_directorys_not_the_packages(tmp_path, monkeypatch):
+    """Without a path or $MULTI30K_DIR the data is ./data/multi30k, wherever the package lives;
+    the fetch command downloads to the same place."""
+    monkeypatch.delenv("MULTI30K_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert multi30k.default_data_dir() == Path("data", "multi30k")
+    with pytest.raises(DataError, match=r"default directory .*'data/multi30k' lacks train\.en\.gz"):
+        multi30k.find_data_dir()
+    local = _fake_corpus(tmp_path / "data" / "multi30k", n=2)
+    assert multi30k.find_data_dir().resolve() == local
+    monkeypatch.setenv("MULTI30K_DIR", str(tmp_path / "env"))
+    assert multi30k.default_data_dir() == tmp_path / "env"
+    fetched = multi30k.fetch(opener=lambda url: io.BytesIO(gzip.compress(b"x\n")))
+    assert set(fetched.values()) == {"downloaded"} and len(list((tmp_path / "env").iterdir())) == 6
+
+
 def test_load_multi30k_cache_rebuilt_on_change(tmp_path, monkeypatch):
     d = _fake_corpus(tmp_path / "m30k", n=3)
     cache = tmp_path / "cache"

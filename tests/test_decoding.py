@@ -24,11 +24,23 @@ from transformer_graph.data.datasets import Vocab
 from transformer_graph.inference.decoding import beam_search, greedy, length_penalty
 from transformer_graph.inference.evaluation import bleu_detok, bleu_tokenized, evaluate_checkpoint, exact_match
 from transformer_graph.experiment import build_model, load_trained
+from transformer_graph.message_passing import set_engine
 from transformer_graph.nn.model import make_model
 from transformer_graph.train.trainer import Trainer
-from transformer_graph.inference.translate import Translator, TruncationWarning, translate_main
+from transformer_graph.inference.translate import Translator, TruncationWarning
+from transformer_graph.cli import translate as translate_cli
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def translate_main(argv) -> int:
+    """``tg-translate argv`` in-process: its exit code, returned or raised (errors, argparse) alike."""
+    try:
+        return translate_cli.main(argv)
+    except SystemExit as exit_:
+        return exit_.code
+
+
 V, SOS, EOS = 14, 2, 3
 
 torch.set_num_threads(1)
@@ -74,8 +86,8 @@ def naive_greedy(model, src: list[int], max_len: int) -> list[int]:
 # --------------------------------------------------------------------------- greedy / beam
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_beam_one_equals_greedy_and_naive_reference(seed):
-    model = random_model(seed, eos_bias=2.5)
+def test_beam_one_equals_greedy_and_naive_reference(seed, engine):
+    model = set_engine(random_model(seed, eos_bias=2.5), engine)
     srcs = random_sources(seed)
     ref = [naive_greedy(model, s, int(1.0 * len(s) + 3)) for s in srcs]
     assert any(len(r) < len(s) + 3 for r, s in zip(ref, srcs))  # some end by <eos>, not the limit
@@ -89,8 +101,8 @@ def test_beam_one_equals_greedy_and_naive_reference(seed):
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 @pytest.mark.parametrize("beam", [1, 4])
-def test_incremental_equals_full_recomputation(seed, beam):
-    model = random_model(seed, eos_bias=1.5 if seed % 2 else 0.0, layers=1 + seed % 2)
+def test_incremental_equals_full_recomputation(seed, beam, engine):
+    model = set_engine(random_model(seed, eos_bias=1.5 if seed % 2 else 0.0, layers=1 + seed % 2), engine)
     srcs = random_sources(10 + seed)
     kw = dict(sos=SOS, eos=EOS, beam=beam, n_best=beam, max_len_b=4)
     inc = beam_search(model, srcs, incremental=True, **kw)
@@ -334,7 +346,9 @@ def test_translate_script_reads_stdin(copy_run, tmp_path):
     assert r.returncode == 0, r.stderr
     out = r.stdout.split("\n")
     assert len(out) == 5 and out[1] == "" and out[4] == ""  # four lines, the empty one kept
-    assert r.stderr == "warning: line 3: 13 tokens, truncated to the model's limit of 12\n"
+    assert r.stderr == ("warning: line 3: 13 tokens, truncated to the model's limit of 12\n"
+                        "warning: line 4: none of its 1 tokens is in the model's source vocabulary, so it reads "
+                        "as <unk> only; is it in the language (or alphabet) the model was trained on?\n")
     tr = Translator.from_checkpoint(copy_run / "best.pt", beam=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -448,3 +462,20 @@ def test_translation_task_bleu_best_checkpoint_averaging_and_raw_files(tmp_path)
     ref_file.write_text("\n".join(texts["val"][1][:4]) + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match="got 5 hypotheses but 4 references"):
         evaluate_checkpoint(run / "best.pt", src_file=src_file, ref_file=ref_file)
+
+
+def test_every_decoder_state_satisfies_the_declared_contract():
+    from transformer_graph.graphs import GraphSpec
+    from transformer_graph.inference.decoding import (DecoderState, _IncrementalState, _RecomputeState, _Source,
+                                                      beam_search)
+    from transformer_graph.inference.dense_decoding import DenseRecomputeState
+    from transformer_graph.nn.dense import DenseTransformer
+
+    model = make_model(12, 12, layers=1, d_model=16, d_ff=32, heads=2, dropout=0.0).eval()
+    src = [[4, 5, 6], [7, 8]]
+    source = _Source(model, src, GraphSpec(), torch.device("cpu"))
+    for state in (_IncrementalState(model, source, GraphSpec()), _RecomputeState(model, source, GraphSpec()),
+                  DenseRecomputeState(DenseTransformer(model).eval(), src, torch.device("cpu"))):
+        assert isinstance(state, DecoderState)
+    with pytest.raises(TypeError, match="state_factory.*step"):
+        beam_search(model, src, sos=2, eos=3, state_factory=lambda *a: object())

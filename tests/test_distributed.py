@@ -90,7 +90,7 @@ def launch(fn, *args, log_dir: Path, nproc: int = 2):
     from torch.distributed.run import config_from_args, get_args_parser
 
     multiprocessing.get_context("forkserver").set_forkserver_preload(
-        ["transformer_graph.cli.main", "transformer_graph.train.trainer", __name__])
+        ["transformer_graph.cli.train", "transformer_graph.train.trainer", __name__])
     argv = ["--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
             "--start-method", "forkserver", "--monitor-interval", "0.2", "--log-dir", str(log_dir),
             "--redirects", "2", "unused.py"]
@@ -137,7 +137,7 @@ def _train_worker(cfg_dicts: list, run_dir: str) -> list:
 
 def _cli_worker(argv: list, env: dict, fail: str) -> None:
     """``scripts/train.py argv`` on this rank, whose rank 1 is killed, hangs or gets SIGTERM at step 3."""
-    from transformer_graph.cli.main import train_main
+    from transformer_graph.cli.train import run as train_main
 
     os.environ.update(env)
     original = training.Trainer.train_step

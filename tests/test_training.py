@@ -474,7 +474,7 @@ def test_train_and_evaluate_scripts_end_to_end(tmp_path):
     assert f"exact_match      {m['exact_match']:.4f}" in r.stdout
 
     # --resume of the finished run with a higher epoch limit continues it (in-process: same code path).
-    from transformer_graph.cli.main import train_main
+    from transformer_graph.cli.train import run as train_main
     summary = train_main(["--resume", str(run), "--set", "train.max_epochs=3", "--quiet", "--no-test"])
     assert summary["epochs"] == 3 and [e["epoch"] for e in records(run, "epoch")] == [0, 1, 2]
     # A new run into a directory that already holds one is refused.
@@ -485,14 +485,15 @@ def test_train_and_evaluate_scripts_end_to_end(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--config", "missing.yaml"], "error: missing.yaml: config file not found\n"),
-    (["--config", "{cfg}", "--set", "model.layrs=2"], "--set model.layrs=2: model.layrs: unknown key; did you mean 'layers'?"),
+    (["--config", "{cfg}", "--set", "model.layrs=2"],
+     "--set model.layrs=2: model.layrs: unknown key; did you mean 'layers'?"),
     (["--config", "{cfg}", "--set", "optim.warmup=-5"], "optim.warmup: expected a positive integer, got -5"),
     (["--config", "{cfg}", "--set", "nonsense"], "expected dotted.key=value"),
     (["--config", "{cfg}", "--set", "model.layers=[1"], "model.layers: expected a YAML value"),
     (["--resume", "{tmp}/nowhere"], "no config.yaml"),
 ])
 def test_train_cli_bad_input_exits_with_message(tmp_path, capsys, args, message):
-    from transformer_graph.cli.main import train_main
+    from transformer_graph.cli.train import run as train_main
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny()))
     with pytest.raises(SystemExit) as exit_:  # SystemExit: the interpreter prints no traceback
@@ -503,7 +504,7 @@ def test_train_cli_bad_input_exits_with_message(tmp_path, capsys, args, message)
 
 
 def test_evaluate_cli_bad_checkpoint(tmp_path, capsys):
-    from transformer_graph.cli.main import evaluate_main
+    from transformer_graph.cli.evaluate import run as evaluate_main
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint at all")
     with pytest.raises(SystemExit) as exit_:

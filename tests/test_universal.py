@@ -23,8 +23,10 @@ from transformer_graph.config import ConfigError, config_from_dict
 from transformer_graph.data.datasets import collate
 from transformer_graph.inference.decoding import _IncrementalState, _RecomputeState, _Source, beam_search, greedy
 from transformer_graph.graphs.build import GraphSpec
+from transformer_graph.message_passing import set_engine
 from transformer_graph.nn.model import make_model
-from transformer_graph.nn.universal import UniversalTransformer, make_universal_model
+from transformer_graph.experiment import build_model
+from transformer_graph.nn.universal import UniversalConfig, UniversalTransformer, make_universal_model
 
 V = 19
 SOS, EOS = 1, 2
@@ -158,8 +160,8 @@ def masked_act_encoder(model: UniversalTransformer, batch):
     return enc.norm(out), steps, rem
 
 
-def test_act_equals_masked_full_graph_reference():
-    model = mixed_halting(make_universal_model(V, V, max_depth=6, **SMALL)).eval()
+def test_act_equals_masked_full_graph_reference(engine):
+    model = set_engine(mixed_halting(make_universal_model(V, V, max_depth=6, **SMALL)).eval(), engine)
     batch, _ = random_batch(k=6)
     with torch.no_grad():
         memory, _ = model.encode(batch)
@@ -317,8 +319,8 @@ def test_ponder_loss_is_part_of_the_trainer_loss(tmp_path):
 # 4. Decoding
 # --------------------------------------------------------------------------
 @pytest.mark.parametrize("halting", [True, False])
-def test_incremental_decoding_equals_recompute_and_teacher_forcing(halting):
-    model = make_universal_model(V, V, max_depth=5, halting=halting, **SMALL)
+def test_incremental_decoding_equals_recompute_and_teacher_forcing(halting, engine):
+    model = set_engine(make_universal_model(V, V, max_depth=5, halting=halting, **SMALL), engine)
     batch, src = random_batch(k=4)
     if halting:
         halve_at_step_one(mixed_halting(model), batch)
@@ -388,7 +390,8 @@ def test_threshold_one_is_allowed_and_wrong_inputs_are_explained():
 
 
 def test_training_logs_act_statistics_and_plot_shows_steps(tmp_path):
-    from transformer_graph.viz.act import act_history, main as plot_main
+    from transformer_graph.cli.plot_act import run as plot_main
+    from transformer_graph.viz.act import act_history
     from transformer_graph.train.trainer import Trainer
 
     run = tmp_path / "run"
@@ -425,3 +428,21 @@ def test_history_legend_names_every_step_once_whichever_side_reaches_it():
     (ax,) = [a for a in fig.axes if a.get_title().startswith("computation during training")]
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels == ["step 2", "step 3"]
+
+
+def test_universal_model_from_its_config_takes_only_universal_options():
+    config = UniversalConfig(V, V, max_depth=3, halting=False, **SMALL)
+    torch.manual_seed(2)
+    a = UniversalTransformer(config)
+    torch.manual_seed(2)
+    b = make_universal_model(V, V, max_depth=3, halting=False, **SMALL)
+    assert a.config is config and b.config == config and b.config["kind"] == "universal"
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert list(a.state_dict()) == list(b.state_dict())
+    assert not hasattr(config, "layers")
+    cfg = config_from_dict({"model": {"kind": "universal", "layers": 4, "max_depth": 3, "d_model": 32,
+                                      "d_ff": 64, "heads": 4}})
+    model = build_model(cfg.model, V, V)
+    assert isinstance(model, UniversalTransformer) and model.max_depth == 3 and model.encoder.halting
+    with pytest.raises(TypeError):
+        UniversalConfig(V, V, layers=2, **SMALL)  # layers are the standard model's

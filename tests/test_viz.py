@@ -19,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
+from transformer_graph.cli.visualize import run as visualize
 from transformer_graph.viz import attention as viz
 from transformer_graph.data.batch import make_batch
 from transformer_graph.config import config_from_dict, load_config
@@ -231,16 +232,16 @@ def test_animation_is_a_valid_multiframe_gif(tiny_run, tmp_path):
 
 def test_cli_figures_text_and_animation(tiny_run, tmp_path, capsys):
     ckpt = str(tiny_run / "best.pt")
-    written = viz.main(["--checkpoint", ckpt, "--example", "1", "--out", str(tmp_path / "ex"), "--layer", "0"])
+    written = visualize(["--checkpoint", ckpt, "--example", "1", "--out", str(tmp_path / "ex"), "--layer", "0"])
     assert sorted(p.name for p in written) == ["cross_layer0.png", "cross_layer0_bipartite.png",
                                                "dec_layer0.png", "enc_layer0.png"]
     for p in written:
         assert_png(p)
-    written = viz.main(["--checkpoint", ckpt, "--text", "a b c d", "--out", str(tmp_path / "tx"),
-                        "--kind", "cross"])
+    written = visualize(["--checkpoint", ckpt, "--text", "a b c d", "--out", str(tmp_path / "tx"),
+                         "--kind", "cross"])
     assert [p.name for p in written] == ["cross_layer0.png", "cross_layer0_bipartite.png"]
     assert "source: a b c d" in capsys.readouterr().out
-    gif = viz.main(["--animate", str(tiny_run), "--out", str(tmp_path / "a.gif")])[0]
+    gif = visualize(["--animate", str(tiny_run), "--out", str(tmp_path / "a.gif")])[0]
     with Image.open(gif) as im:
         assert im.n_frames == 3
 
@@ -320,13 +321,13 @@ def test_cli_reports_errors_without_a_trace(tiny_run, tmp_path, capsys):
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit) as exc:
-            viz.main(argv)
+            visualize(argv)
         assert exc.value.code == 2
         err = capsys.readouterr().err
         assert re.search(r"^error: .*" + message, err, re.M), err
         assert "Traceback" not in err
     with pytest.raises(SystemExit):  # --example and --text together: argparse's usage error
-        viz.main(["--checkpoint", ckpt, "--example", "0", "--text", "a", "--out", str(tmp_path)])
+        visualize(["--checkpoint", ckpt, "--example", "0", "--text", "a", "--out", str(tmp_path)])
     assert "exactly one of --example N or --text" in capsys.readouterr().err
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from transformer_graph.config import Config, DataConfig, ModelConfig
 from transformer_graph.data.datasets import Dataset, Vocab, build_vocabs, filter_pairs, load_parallel_dir, load_task
 from transformer_graph.graphs.build import GraphSpec
+from transformer_graph.message_passing.base import set_engine
+from transformer_graph.nn import MODELS
 
 SYNTHETIC = ("copy", "sort")
 TRANSLATION = ("parallel", "multi30k")
@@ -72,45 +74,38 @@ def build_experiment(cfg: Config, vocabs: tuple[Vocab, Vocab] | None = None) -> 
 
 
 def build_model(model: ModelConfig, src_vocab: int, tgt_vocab: int):
-    """The network the config describes."""
-    from transformer_graph.nn.model import make_model
-
-    kwargs = dict(layers=model.layers, d_model=model.d_model, d_ff=model.d_ff, heads=model.heads,
-                  dropout=model.dropout, norm_first=model.norm_first,
-                  share_embeddings=model.share_embeddings, tie_generator=model.tie_generator,
-                  max_len=model.max_len, attn_dropout=model.attn_dropout,
-                  decoder_layers=model.decoder_layers, aggregator=model.aggregator,
-                  embed_init_std=model.embed_init_std)
-    if model.kind == "universal":
-        # One shared layer applied up to max_depth times: layers/decoder_layers do not apply.
-        from transformer_graph.nn.universal import make_universal_model
-        for key in ("layers", "decoder_layers"):
-            kwargs.pop(key)
-        return make_universal_model(src_vocab, tgt_vocab, max_depth=model.max_depth,
-                                    act_threshold=model.act_threshold, ponder_weight=model.ponder_weight,
-                                    halting=model.halting, **kwargs)
-    if model.kind != "standard":
-        raise ValueError(f"model.kind: {model.kind!r} is not available in this build")
-    return make_model(src_vocab, tgt_vocab, **kwargs)
+    """The network the config describes: ``model.kind`` picks the class, which takes the
+    options that belong to it (the universal model has no ``layers``, the standard one no
+    ``max_depth``)."""
+    if model.kind not in MODELS:
+        raise ValueError(f"model.kind: {model.kind!r} is not available in this build; expected one of "
+                         f"{', '.join(MODELS)}")
+    return MODELS[model.kind].from_options(model, src_vocab, tgt_vocab)
 
 
 def vocab_paths(run_dir: Path) -> tuple[Path, Path]:
     return run_dir / "vocab.src.json", run_dir / "vocab.tgt.json"
 
 
-def load_trained(path, map_location="cpu"):
-    """(model in eval mode, config, (src_vocab, tgt_vocab), checkpoint dict) from a checkpoint."""
+def load_trained(path, map_location="cpu", engine: str | None = None):
+    """(model in eval mode, config, (src_vocab, tgt_vocab), checkpoint dict) from a checkpoint.
+
+    The model runs on the engine its config names (``train.engine``), or on ``engine`` when
+    given (the engines compute the same results; e.g. 'torch' where DGL is not installed);
+    loading never changes any other model's engine."""
     from transformer_graph.checkpoint import CheckpointError, load_checkpoint
     from transformer_graph.config import config_from_dict
 
     ckpt = load_checkpoint(path, map_location)
     try:
         cfg = config_from_dict(ckpt["config"], source=f"{path} (saved config)")
-        from transformer_graph.message_passing import csr as sparse_attention
-        sparse_attention.set_enabled(cfg.train.kernels == "sparse")
         vocabs = (Vocab.from_dict(ckpt["src_vocab"]), Vocab.from_dict(ckpt["tgt_vocab"]))
         model = build_model(cfg.model, len(vocabs[0]), len(vocabs[1]))
         model.load_state_dict(ckpt["model"])
+        if engine is None:
+            set_engine(model, cfg.train.engine, f"{path} (saved config): train.engine")
+        else:
+            set_engine(model, engine)
     except KeyError as err:
         raise CheckpointError(f"{path}: checkpoint lacks {err}; it was not written by scripts/train.py") from None
     except RuntimeError as err:  # shape or key mismatch: another model or vocabulary

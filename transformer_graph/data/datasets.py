@@ -12,18 +12,19 @@ import gzip
 import json
 import math
 import os
-import tempfile
 import warnings
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from transformer_graph.data.batch import GraphBatch, make_batch
+from transformer_graph.files import atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported: old import path)
 from transformer_graph.graphs.build import GraphSpec
+from transformer_graph.seeds import derive_seed
 
 TokenPair = tuple[list[str], list[str]]
 IdPair = tuple[list[int], list[int]]
@@ -76,7 +77,7 @@ class Vocab:
 
     @classmethod
     def build(cls, token_lists: Iterable[Sequence[str]], min_freq: int = 1,
-              max_size: int | None = None) -> "Vocab":
+              max_size: int | None = None) -> Vocab:
         """Vocabulary of the tokens seen at least ``min_freq`` times.
 
         Order is frequency (descending) then token, so the same data always
@@ -131,7 +132,7 @@ class Vocab:
         return {"specials": list(SPECIALS), "itos": list(self.itos)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Vocab":
+    def from_dict(cls, d: dict) -> Vocab:
         if not isinstance(d, dict) or not isinstance(d.get("itos"), list):
             raise DataError(f"expected a dict with an 'itos' list of tokens, got {type(d).__name__}")
         if "specials" in d and tuple(d["specials"]) != SPECIALS:
@@ -140,12 +141,10 @@ class Vocab:
         return cls(d["itos"])
 
     def save(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Vocab":
+    def load(cls, path: str | os.PathLike) -> Vocab:
         path = Path(path)
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
@@ -158,27 +157,6 @@ class Vocab:
             return cls.from_dict(d)
         except DataError as err:
             raise DataError(f"vocabulary file {str(path)!r}: {err}") from None
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write via a temporary file in the same directory and ``os.replace``.
-
-    A reader (or a crash, or a concurrent writer such as another rank) never
-    sees a half-written file.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # --------------------------------------------------------------------------
@@ -228,7 +206,7 @@ def load_task(task: str, *, seed: int = 0, train_size: int = 10000, valid_size: 
     """
     sizes = {"train": train_size, "valid": valid_size, "test": test_size}
     return {
-        split: make_copy_sort(task, size, seed=int(np.random.SeedSequence([seed, k]).generate_state(1)[0]),
+        split: make_copy_sort(task, size, seed=derive_seed(seed, k),
                               length_mean=length_mean, length_std=length_std, alphabet=alphabet)
         for k, (split, size) in enumerate(sizes.items())
     }
@@ -351,12 +329,69 @@ def load_parallel_dir(path: str | os.PathLike, src_lang: str, tgt_lang: str,
 # --------------------------------------------------------------------------
 def build_vocabs(pairs: Sequence[TokenPair], *, joint: bool = False, min_freq: int = 1,
                  max_size: int | None = None) -> tuple[Vocab, Vocab]:
-    """(source vocab, target vocab) from training pairs; the same object twice when ``joint``."""
+    """(source vocab, target vocab) from training pairs; the same object twice when ``joint``.
+
+    A ``min_freq`` that leaves no token of the data is a :class:`DataError` (every word would be
+    <unk>); one that turns more than :data:`UNK_WARN_FRACTION` of the training tokens into <unk> a
+    :class:`DataWarning`."""
     if joint:
-        v = Vocab.build((toks for pair in pairs for toks in pair), min_freq=min_freq, max_size=max_size)
-        return v, v
-    return (Vocab.build((s for s, _ in pairs), min_freq=min_freq, max_size=max_size),
-            Vocab.build((t for _, t in pairs), min_freq=min_freq, max_size=max_size))
+        sides = {"source or target": [toks for pair in pairs for toks in pair]}
+    else:
+        sides = {"source": [s for s, _ in pairs], "target": [t for _, t in pairs]}
+    vocabs = {}
+    for side, token_lists in sides.items():
+        vocabs[side] = Vocab.build(token_lists, min_freq=min_freq, max_size=max_size)
+        if min_freq > 1:
+            _check_coverage(vocabs[side], token_lists, min_freq, side)
+    if joint:
+        return vocabs["source or target"], vocabs["source or target"]
+    return vocabs["source"], vocabs["target"]
+
+
+# More training tokens than this becoming <unk> (data.min_freq) makes a model mostly learn <unk>.
+UNK_WARN_FRACTION = 0.25
+
+
+def _check_coverage(vocab: Vocab, token_lists: Sequence[Sequence[str]], min_freq: int, side: str) -> None:
+    counts = Counter(tok for toks in token_lists for tok in toks if tok not in SPECIALS)
+    total = sum(counts.values())
+    if not total:
+        return
+    if len(vocab) == len(SPECIALS):
+        raise DataError(f"data.min_freq={min_freq}: no {side} token of the training data occurs that often "
+                        f"(the most frequent one occurs {max(counts.values())} times), so the vocabulary would "
+                        f"be only the special tokens and every word <unk>; lower data.min_freq")
+    unk = sum(c for tok, c in counts.items() if tok not in vocab)
+    if unk > UNK_WARN_FRACTION * total:
+        warnings.warn(f"data.min_freq={min_freq}: {unk / total:.0%} of the {side} training tokens become <unk> "
+                      f"(only {len(vocab) - len(SPECIALS)} of {len(counts)} distinct tokens occur {min_freq} "
+                      f"times or more); lower data.min_freq unless that is intended", DataWarning, stacklevel=3)
+
+
+def check_lengths(splits: dict[str, Sequence[TokenPair]], max_len: int, required: Sequence[str] = ("train",)) -> None:
+    """Every pair of every split fits a model whose positional table has ``max_len`` rows: a source of
+    at most ``max_len`` tokens, a target of at most ``max_len - 1`` (the decoder reads <sos> + target).
+
+    Run before training so that an over-long validation or test sentence fails now, not after an
+    epoch; a :class:`DataError` names the split, the pair and the fix. The ``required`` splits
+    must not be empty."""
+    for split, pairs in splits.items():
+        if split in required and not pairs:
+            raise DataError(f"{split} split: no pair is left after dropping empty and over-long pairs "
+                            f"(data.max_src_len, data.max_tgt_len, data.long_pairs); check the data or the limits")
+        over = [i for i, (src, tgt) in enumerate(pairs) if len(src) > max_len or len(tgt) + 1 > max_len]
+        if not over:
+            continue
+        worst = max(over, key=lambda i: max(len(pairs[i][0]), len(pairs[i][1]) + 1))
+        src, tgt = pairs[worst]
+        need = max(len(src), len(tgt) + 1)
+        fix = (f"raise model.max_len to at least {need}, or lower data.max_src_len/data.max_tgt_len to "
+               f"{max_len}/{max_len - 1} (longer training pairs are then skipped or truncated: data.long_pairs)"
+               if split == "train" else
+               f"raise model.max_len to at least {need} (evaluation splits are never shortened)")
+        raise DataError(f"{split} split: {len(over)} pair(s) do not fit model.max_len={max_len} (a source of at "
+                        f"most {max_len} tokens, a target of at most {max_len - 1}); pair {worst + 1} has "
+                        f"{len(src)} source and {len(tgt)} target tokens; {fix}")
 
 
 @dataclass
@@ -372,7 +407,7 @@ class Dataset:
     tgt_vocab: Vocab
 
     @classmethod
-    def from_tokens(cls, pairs: Sequence[TokenPair], src_vocab: Vocab, tgt_vocab: Vocab) -> "Dataset":
+    def from_tokens(cls, pairs: Sequence[TokenPair], src_vocab: Vocab, tgt_vocab: Vocab) -> Dataset:
         return cls([(src_vocab.encode(s), tgt_vocab.encode(t)) for s, t in pairs], src_vocab, tgt_vocab)
 
     def __len__(self) -> int:
@@ -485,7 +520,7 @@ class Batcher:
     def __len__(self) -> int:
         return len(self.batches())
 
-    def shard(self, rank: int, world_size: int, remainder: str = "drop") -> "ShardedBatcher":
+    def shard(self, rank: int, world_size: int, remainder: str = "drop") -> ShardedBatcher:
         return ShardedBatcher(self, rank, world_size, remainder)
 
 

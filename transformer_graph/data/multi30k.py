@@ -1,32 +1,32 @@
 """Multi30k (WMT16 multimodal task 1): locate, fetch, verify, tokenise, cache.
 
-Tokenisation follows the reference setup, Moses ``tokenizer.perl -a
--no-escape`` with case kept, through ``sacremoses``: aggressive dash
-splitting turns ``blue-green`` into ``blue @-@ green`` and no ``&amp;``-style
-escaping happens. Tokenising the 29k training pairs takes about a minute, so
-the tokenised corpus is cached on disk, keyed by a hash of the input files'
-contents and the tokenizer settings/version, and rebuilt when any of them
-changes. BLEU is computed with sacreBLEU on *raw* references
-(:func:`load_raw`) against detokenised output (:func:`detokenize`).
+Tokenisation is :func:`transformer_graph.data.text.moses_tokenize` (the
+reference setup, Moses ``tokenizer.perl -a -no-escape`` with case kept).
+Tokenising the 29k training pairs takes about a minute, so the tokenised
+corpus is cached on disk, keyed by a hash of the input files' contents and the
+tokenizer settings/version, and rebuilt when any of them changes. BLEU is
+computed with sacreBLEU on *raw* references (:func:`load_raw`) against
+detokenised output (:func:`detokenize`).
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
 import os
-import re
 import urllib.request
 import warnings
-from importlib import metadata
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
-from sacremoses import MosesDetokenizer, MosesTokenizer
-
-from transformer_graph.data.datasets import (DataError, TokenPair, atomic_write_bytes, atomic_write_text, check_parallel,
-                   read_lines)
+from transformer_graph.data.datasets import DataError, TokenPair, check_parallel, read_lines
+# tokenize/detokenize under the names this module always had (tokenize is looked up here at
+# call time, so a test can count the calls by patching multi30k.tokenize).
+from transformer_graph.data.text import MOSES_SETTINGS as TOKENIZER_SETTINGS
+from transformer_graph.data.text import moses_detokenize as detokenize  # noqa: F401  (public name)
+from transformer_graph.data.text import moses_tokenize as tokenize
+from transformer_graph.data.text import moses_version as sacremoses_version
+from transformer_graph.files import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +36,13 @@ EXPECTED_LINES = {"train": 29000, "val": 1014, "test_2016_flickr": 1000}
 LANGS = ("en", "de")
 BASE_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw"
 
-TOKENIZER_SETTINGS = {"aggressive_dash_splits": True, "escape": False}
 CACHE_FORMAT = 1  # bump when the cache file layout changes
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DIR = PROJECT_ROOT / "data" / "multi30k"
-SHARED_DIR = PROJECT_ROOT.parent / "shared" / "data" / "multi30k"
+# Where the data is when no path is given: $MULTI30K_DIR, else data/multi30k under the current
+# directory (relative on purpose: an installed package has no checkout to look in, and the
+# package's own location says nothing about where a user keeps data).
+DATA_DIR_ENV = "MULTI30K_DIR"
+DEFAULT_DIR = Path("data", "multi30k")
 
 
 def expected_files() -> list[str]:
@@ -56,31 +57,40 @@ def _missing(path: Path) -> list[str]:
 def _not_found(where: str, path: Path, missing: list[str]) -> DataError:
     return DataError(
         f"Multi30k data not found: {where} {str(path)!r} lacks {', '.join(missing)}. "
-        f"Run `python scripts/fetch_multi30k.py` to download it into {str(DEFAULT_DIR)!r}, "
-        f"or put the files {', '.join(expected_files())} (from {BASE_URL}) in a directory and "
-        f"pass it as the data path or set $MULTI30K_DIR."
+        f"Run `tg-fetch-multi30k --dest {path}` (or `python scripts/fetch_multi30k.py --dest {path}`) "
+        f"to download it there, or put the files {', '.join(expected_files())} (from {BASE_URL}) "
+        f"in a directory and pass it as data.path or set ${DATA_DIR_ENV}."
     )
+
+
+def _given_dir(path: str | os.PathLike | None) -> tuple[str, Path]:
+    """(how it was chosen, directory): ``path``, else ``$MULTI30K_DIR``, else ``./data/multi30k``."""
+    if path:
+        return "data path", Path(path).expanduser()
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        return f"${DATA_DIR_ENV}", Path(env).expanduser()
+    return "default directory (relative to the current directory)", DEFAULT_DIR
+
+
+def default_data_dir() -> Path:
+    """Where Multi30k is read from and downloaded to when no path is given:
+    ``$MULTI30K_DIR``, else ``data/multi30k`` under the current directory."""
+    return _given_dir(None)[1]
 
 
 def find_data_dir(path: str | os.PathLike | None = None) -> Path:
     """The directory holding the six Multi30k files.
 
-    An explicit ``path``, then ``$MULTI30K_DIR``, must have the files (a
-    wrong setting is an error, not a reason to silently read other data);
-    otherwise ``data/multi30k`` in the project, then ``../shared/data/multi30k``
-    next to it, are tried in turn.
+    The first of an explicit ``path``, ``$MULTI30K_DIR`` and ``./data/multi30k``
+    that is given must have the files: a wrong setting is an error, not a reason
+    to silently read other data.
     """
-    for where, given in (("data path", path), ("$MULTI30K_DIR", os.environ.get("MULTI30K_DIR"))):
-        if given:
-            p = Path(given).expanduser()
-            missing = _missing(p)
-            if missing:
-                raise _not_found(where, p, missing)
-            return p
-    for candidate in (DEFAULT_DIR, SHARED_DIR):
-        if not _missing(candidate):
-            return candidate
-    raise _not_found("default directory", DEFAULT_DIR, _missing(DEFAULT_DIR))
+    where, p = _given_dir(path)
+    missing = _missing(p)
+    if missing:
+        raise _not_found(where, p, missing)
+    return p
 
 
 def default_cache_dir() -> Path:
@@ -90,46 +100,6 @@ def default_cache_dir() -> Path:
     """
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "transformer_graph" / "multi30k"
-
-
-# --------------------------------------------------------------------------
-# Tokenisation
-# --------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
-def _tokenizer(lang: str) -> MosesTokenizer:
-    return MosesTokenizer(lang=lang)
-
-
-@functools.lru_cache(maxsize=None)
-def _detokenizer(lang: str) -> MosesDetokenizer:
-    return MosesDetokenizer(lang=lang)
-
-
-def tokenize(lines: Sequence[str], lang: str) -> list[list[str]]:
-    """Moses tokens of each line (``tokenizer.perl -a -no-escape``, case kept)."""
-    tok = _tokenizer(lang)
-    return [tok.tokenize(line, **TOKENIZER_SETTINGS) for line in lines]
-
-
-_DASH = re.compile(r"\s*@-@\s*")
-
-
-def detokenize(tokens: Sequence[str], lang: str) -> str:
-    """Text of Moses tokens; ``blue @-@ green`` becomes ``blue-green``.
-
-    Recent sacremoses undoes ``@-@`` itself, older versions do not, and model
-    output may put ``@-@`` where the detokenizer does not expect it (first or
-    last token), so the dash is rejoined explicitly afterwards.
-    """
-    text = _detokenizer(lang).detokenize(list(tokens))
-    return _DASH.sub("-", text).strip()
-
-
-def sacremoses_version() -> str:
-    try:
-        return metadata.version("sacremoses")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 # --------------------------------------------------------------------------
@@ -265,7 +235,7 @@ def _default_opener(url: str):
 
 def fetch(dest: str | os.PathLike | None = None, force: bool = False,
           opener: Callable[[str], object] | None = None, base_url: str = BASE_URL) -> dict[str, str]:
-    """Download the six files into ``dest`` (default ``data/multi30k`` in the project).
+    """Download the six files into ``dest`` (default :func:`default_data_dir`).
 
     Existing files are kept unless ``force``. ``opener(url)`` returns a
     readable context manager (``urllib.request.urlopen`` by default; tests
@@ -273,7 +243,7 @@ def fetch(dest: str | os.PathLike | None = None, force: bool = False,
     interrupted download never leaves a truncated file behind. Returns
     ``file name -> "downloaded" | "exists"``.
     """
-    dest = Path(dest) if dest is not None else DEFAULT_DIR
+    dest = Path(dest) if dest is not None else default_data_dir()
     opener = opener or _default_opener
     dest.mkdir(parents=True, exist_ok=True)
     done = {}

@@ -21,6 +21,11 @@ edge-subset extraction (``g.edge_subgraph`` copies) at every layer. Self
 attention is still a graph on one node set: key node j and query node j are
 the same token.
 
+Every graph built here is an :class:`~transformer_graph.graphs.graph.AttentionGraph`
+(edges in query order, int64 COO and CSR index tensors); :func:`bipartite` is the one
+builder, :func:`join` puts pair graphs side by side (batches, and the beam search's
+hypotheses sharing their sentence's source nodes).
+
 The edges of one pair depend only on (n, m) and the structure, so they are
 cached per (structure, n, m) in a bounded LRU cache (the tutorial's "graph
 pool"); a batch graph is then one concatenation plus an offset add, never a
@@ -33,13 +38,13 @@ pictures) picks them up through :class:`GraphSpec`.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Sequence
 
 import torch
 
-from transformer_graph.graphs._dgl import dgl
+from transformer_graph.graphs.graph import AttentionGraph
 
 EdgeFn = Callable[[int, int], "tuple[torch.Tensor, torch.Tensor]"]
 
@@ -139,14 +144,22 @@ def pair_edges(fn: EdgeFn, n_keys: int, n_queries: int, causal_check: bool = Fal
     return keys, queries
 
 
-def bipartite(keys: torch.Tensor, queries: torch.Tensor, n_keys: int, n_queries: int, device=None):
-    """A DGL graph with ``n_keys`` sending nodes and ``n_queries`` receiving nodes."""
-    g = dgl.heterograph(
-        {("key", "attends", "query"): (keys, queries)},
-        num_nodes_dict={"key": n_keys, "query": n_queries},
-        idtype=torch.int32,
-    )
-    return g if device is None else g.to(device)
+def bipartite(keys: torch.Tensor, queries: torch.Tensor, n_keys: int, n_queries: int,
+              device=None) -> AttentionGraph:
+    """The attention graph with ``n_keys`` sending and ``n_queries`` receiving nodes and edges
+    ``keys[e] -> queries[e]`` (put in query order; already ordered edges keep theirs)."""
+    return AttentionGraph.from_edges(keys, queries, n_keys, n_queries, device)
+
+
+def join(parts: Sequence[tuple[torch.Tensor, torch.Tensor]], key_offsets: Sequence[int],
+         query_offsets: Sequence[int], n_keys: int, n_queries: int, device=None) -> AttentionGraph:
+    """Pair graphs side by side in one graph: part p's local edges shifted by its key and
+    query offsets. Batches offset both by the lengths before them; the beam search lets
+    the hypotheses of one sentence share its source nodes (equal key offsets)."""
+    counts = torch.tensor([k.numel() for k, _ in parts])
+    keys = torch.cat([k for k, _ in parts]) + torch.as_tensor(key_offsets).repeat_interleave(counts)
+    queries = torch.cat([q for _, q in parts]) + torch.as_tensor(query_offsets).repeat_interleave(counts)
+    return bipartite(keys, queries, n_keys, n_queries, device)
 
 
 def _check_lengths(name: str, lengths: Sequence[int]) -> list[int]:
@@ -167,23 +180,19 @@ def batch_graph(fn: EdgeFn, key_lens: Sequence[int], query_lens: Sequence[int], 
     if len(key_lens) != len(query_lens):
         raise ValueError(f"batch has {len(key_lens)} key sequences but {len(query_lens)} query sequences")
     parts = [pair_edges(fn, n, m, causal_check) for n, m in zip(key_lens, query_lens)]
-    counts = torch.tensor([k.numel() for k, _ in parts])
-    key_off = torch.tensor([0] + key_lens[:-1]).cumsum(0).repeat_interleave(counts)
-    query_off = torch.tensor([0] + query_lens[:-1]).cumsum(0).repeat_interleave(counts)
-    keys = torch.cat([k for k, _ in parts]) + key_off
-    queries = torch.cat([q for _, q in parts]) + query_off
-    return bipartite(keys, queries, sum(key_lens), sum(query_lens), device)
+    return join(parts, torch.tensor([0] + key_lens[:-1]).cumsum(0), torch.tensor([0] + query_lens[:-1]).cumsum(0),
+                sum(key_lens), sum(query_lens), device)
 
 
 @dataclass
 class AttentionGraphs:
     """The three attention graphs of one batch."""
 
-    enc: "dgl.DGLGraph"
-    dec: "dgl.DGLGraph"
-    cross: "dgl.DGLGraph"
+    enc: AttentionGraph
+    dec: AttentionGraph
+    cross: AttentionGraph
 
-    def to(self, device) -> "AttentionGraphs":
+    def to(self, device) -> AttentionGraphs:
         return AttentionGraphs(self.enc.to(device), self.dec.to(device), self.cross.to(device))
 
     def num_edges(self) -> dict[str, int]:

@@ -52,12 +52,13 @@ returns the very same object for the same parameters.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import torch
 
 from transformer_graph.config import ConfigError
-from transformer_graph.graphs.build import EdgeFn, GraphSpec, causal, complete, get_structure, pair_edges, register_structure
+from transformer_graph.graphs.build import (EdgeFn, GraphSpec, causal, complete, get_structure, pair_edges,
+                                            register_structure)
 
 FAMILIES = ("window", "dilated", "global_window")
 CONFIG_NAMES = ("complete", "causal", *FAMILIES)
@@ -146,7 +147,7 @@ class Structure:
         return keys, queries
 
 
-@lru_cache(maxsize=None)
+@cache
 def make_structure(family: str, window: int, dilation: int = 1, global_tokens: int = 0,
                    mode: str = "self") -> Structure:
     """The (one, shared) :class:`Structure` with these parameters."""

@@ -22,13 +22,32 @@ maximum length, and decoding stops as soon as every sentence has stopped.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 
 from transformer_graph.data.batch import positions
-from transformer_graph.graphs.build import GraphSpec, bipartite, batch_graph, pair_edges
+from transformer_graph.graphs.build import GraphSpec, batch_graph, join, pair_edges
+
+
+@runtime_checkable
+class DecoderState(Protocol):
+    """What :func:`beam_search` drives (fairseq's incremental-decoder contract): the state of
+    every live hypothesis of every sentence, in lockstep.
+
+    ``step(tokens, t, sent)`` feeds position ``t``'s token of each live hypothesis
+    (``tokens``: (hyps,), ``sent``: (hyps,) the sentence each belongs to) and returns the
+    log-probabilities of the next token, (hyps, vocab). ``reorder(parents)`` keeps, in the
+    given order, the hypotheses the search continues (``parents``: (hyps',) indices into
+    the previous step's rows), so the next ``step`` sees the survivors' own history.
+    The graph's incremental and recompute states and the dense baseline all satisfy it.
+    """
+
+    def step(self, tokens: torch.Tensor, t: int, sent: torch.Tensor) -> torch.Tensor: ...
+
+    def reorder(self, parents: torch.Tensor) -> None: ...
 
 
 @dataclass
@@ -78,11 +97,8 @@ class _Source:
         rows = tuple(rows)
         sent_l = sent.tolist()
         parts = [self._local(self.lens[s], n_queries, rows) for s in sent_l]
-        counts = torch.tensor([k.numel() for k, _ in parts])
-        keys = torch.cat([k for k, _ in parts]) + self.offsets[sent_l].repeat_interleave(counts)
-        queries = torch.cat([q for _, q in parts]) + (
-            torch.arange(len(sent_l)) * len(rows)).repeat_interleave(counts)
-        return bipartite(keys, queries, sum(self.lens), len(sent_l) * len(rows), self.device)
+        return join(parts, self.offsets[sent_l], torch.arange(len(sent_l)) * len(rows), sum(self.lens),
+                    len(sent_l) * len(rows), self.device)
 
     def _local(self, n: int, n_queries: int, rows: tuple):
         key = (n, n_queries, rows)
@@ -104,12 +120,12 @@ class _IncrementalState:
     def step(self, tokens: torch.Tensor, t: int, sent: torch.Tensor) -> torch.Tensor:
         n_hyp, device = tokens.numel(), tokens.device
         x = self.model.embed_tgt(tokens, torch.full_like(tokens, t))
-        # Query node h receives from key nodes h*(t+1) + j for the prefix positions j the
-        # decoder structure allows at position t (all j <= t for the causal graph).
-        local = _row_edges(self.dec_fn, t + 1, t + 1, t).to(device)
-        keys = (local[None, :] + (torch.arange(n_hyp, device=device) * (t + 1))[:, None]).reshape(-1)
-        queries = torch.arange(n_hyp, device=device).repeat_interleave(local.numel())
-        self_graph = bipartite(keys, queries, n_hyp * (t + 1), n_hyp, device)
+        # The growing graph: query node h (hypothesis h's new token) receives from key nodes
+        # h*(t+1) + j for the prefix positions j the decoder structure allows at position t
+        # (all j <= t for the causal graph); keys are the cached prefix plus the new nodes.
+        local = _row_edges(self.dec_fn, t + 1, t + 1, t)
+        self_graph = join([(local, torch.zeros_like(local))] * n_hyp, torch.arange(n_hyp) * (t + 1),
+                          torch.arange(n_hyp), n_hyp * (t + 1), n_hyp, device)
         cross_graph = self.source.cross_graph(sent, t + 1, [t])
 
         def hook(layer_idx):
@@ -165,9 +181,9 @@ def beam_search(model, src_seqs: Sequence[Sequence[int]], *, sos: int, eos: int,
     """Batched beam search; returns the ``n_best`` hypotheses of each sentence, best first.
 
     With ``beam=1`` this is exactly greedy decoding. ``state_factory(model, src_seqs,
-    spec, device)``, when given, builds the decoder state instead of the graph's (an
-    object with ``step(tokens, t, sent) -> log-probs`` and ``reorder(parents)``): the
-    benchmarks run a dense baseline through this very search that way.
+    spec, device)``, when given, builds the decoder state instead of the graph's (any
+    :class:`DecoderState`): the benchmarks run a dense baseline through this very search
+    that way.
     """
     if beam < 1:
         raise ValueError(f"beam: expected a positive integer, got {beam!r}")
@@ -180,6 +196,9 @@ def beam_search(model, src_seqs: Sequence[Sequence[int]], *, sos: int, eos: int,
         state = (_IncrementalState if incremental else _RecomputeState)(model, source, spec)
     else:
         state = state_factory(model, src_seqs, spec, device)
+        if not isinstance(state, DecoderState):
+            raise TypeError(f"state_factory: returned {type(state).__name__}, which lacks step(tokens, t, sent) "
+                            "and reorder(parents) (see transformer_graph.inference.decoding.DecoderState)")
     n_sent = len(src_seqs)
     max_lens = _max_lengths([len(s) for s in src_seqs], max_len_a, max_len_b, model.pos.max_len)
     finished: list[list[Hypothesis]] = [[] for _ in range(n_sent)]

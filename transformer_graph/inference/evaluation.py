@@ -2,14 +2,20 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+import time
+from collections.abc import Sequence
+from pathlib import Path
 
+import sacrebleu
 import torch
 
-from transformer_graph.data.datasets import Batcher, Dataset, collate
+from transformer_graph.data.datasets import Batcher, Dataset, check_lengths, collate, read_lines
+from transformer_graph.data.text import task_detokenize, task_tokenize
+from transformer_graph.experiment import TRANSLATION, build_experiment, graph_spec, load_trained
 from transformer_graph.inference.decoding import beam_search
 from transformer_graph.graphs.build import GraphSpec
 from transformer_graph.nn.loss import label_smoothed_loss, token_correct
+from transformer_graph.outputs import check_output_file
 
 
 @torch.no_grad()
@@ -36,8 +42,12 @@ def evaluate_loss(model, dataset: Dataset, spec: GraphSpec, *, batch_size: int |
 @torch.no_grad()
 def decode_dataset(model, src_seqs: Sequence[Sequence[int]], spec: GraphSpec, *, sos: int, eos: int,
                    beam: int = 1, alpha: float = 0.6, max_len_a: float = 1.0, max_len_b: int = 10,
-                   incremental: bool = True, sentences_per_batch: int = 128, progress=None) -> list[list[int]]:
-    """Decode many sentences, batching them by length so each batch ends at about the same step."""
+                   incremental: bool = True, sentences_per_batch: int = 128, progress=None,
+                   state_factory=None) -> list[list[int]]:
+    """Decode many sentences, batching them by length so each batch ends at about the same step.
+
+    ``state_factory`` is :func:`beam_search`'s (another decoder driven by the same search and
+    batching: the benchmark's dense baseline)."""
     model.eval()
     order = sorted(range(len(src_seqs)), key=lambda i: len(src_seqs[i]))
     out: list[list[int] | None] = [None] * len(src_seqs)
@@ -45,7 +55,8 @@ def decode_dataset(model, src_seqs: Sequence[Sequence[int]], spec: GraphSpec, *,
     for start in range(0, len(order), per_batch):
         chunk = order[start:start + per_batch]
         hyps = beam_search(model, [src_seqs[i] for i in chunk], sos=sos, eos=eos, beam=beam, alpha=alpha,
-                           max_len_a=max_len_a, max_len_b=max_len_b, spec=spec, incremental=incremental)
+                           max_len_a=max_len_a, max_len_b=max_len_b, spec=spec, incremental=incremental,
+                           state_factory=state_factory)
         for i, h in zip(chunk, hyps):
             out[i] = h[0].tokens
         if progress is not None:
@@ -66,8 +77,6 @@ def check_counts(n_hyp: int, n_ref: int) -> None:
 
 def bleu_tokenized(hyps: Sequence[Sequence[str]], refs: Sequence[Sequence[str]]):
     """BLEU on already tokenised text (sacrebleu tokenize='none'): the multi-bleu.perl protocol."""
-    import sacrebleu
-
     check_counts(len(hyps), len(refs))
     return sacrebleu.corpus_bleu([" ".join(h) for h in hyps], [[" ".join(r) for r in refs]],
                                  tokenize="none", force=True)
@@ -75,28 +84,20 @@ def bleu_tokenized(hyps: Sequence[Sequence[str]], refs: Sequence[Sequence[str]])
 
 def bleu_detok(hyps: Sequence[str], refs: Sequence[str]):
     """Standard sacreBLEU on detokenised text; ``str(result)`` and its signature are reportable."""
-    import sacrebleu
-
     check_counts(len(hyps), len(refs))
     metric = sacrebleu.metrics.BLEU()
     score = metric.corpus_score(list(hyps), [list(refs)])
     return score, str(metric.get_signature())
 
 
-def _detokenizer(cfg):
-    """Tokens -> text for the task: Moses for Multi30k, spaces otherwise."""
-    if cfg.data.task == "multi30k":
-        from transformer_graph.data.multi30k import detokenize
-        return lambda toks: detokenize(toks, cfg.data.tgt_lang)
-    return " ".join
-
-
-def _tokenize(cfg, lines, lang):
-    """Raw text -> tokens the way the task's training data was tokenised."""
-    if cfg.data.task == "multi30k":
-        from transformer_graph.data.multi30k import tokenize
-        return tokenize(lines, lang)
-    return [(line.lower() if cfg.data.lowercase else line).split() for line in lines]
+def check_decoding_options(beam: int | None, alpha: float | None, limit: int | None) -> None:
+    """ValueErrors naming the option, for values that would decode nonsense or silently fewer sentences
+    (``limit=-1`` would drop the last sentence, as a slice does)."""
+    for name, value in (("--beam", beam), ("--limit", limit)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    if alpha is not None and not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"--alpha: expected a non-negative number, got {alpha!r}")
 
 
 def evaluate_checkpoint(path, split: str = "test", *, beam: int | None = None, alpha: float | None = None,
@@ -107,26 +108,23 @@ def evaluate_checkpoint(path, split: str = "test", *, beam: int | None = None, a
     Translation tasks report tokenised BLEU (sacrebleu, tokenize='none', on the
     Moses-tokenised references: the multi-bleu.perl protocol behind the
     reference's numbers) and detokenised sacreBLEU with its signature.
-    Synthetic tasks report token accuracy and exact-match sequence accuracy.
+    Synthetic tasks report token accuracy and exact-match sequence accuracy. Every argument and
+    the hypotheses' file are checked before any decoding.
     """
-    import time
-    from pathlib import Path
-
-    from transformer_graph.data.datasets import Dataset, read_lines
-    from transformer_graph.experiment import build_experiment, graph_spec, load_trained
-
+    check_decoding_options(beam, alpha, limit)
     model, cfg, (src_vocab, tgt_vocab), _ = load_trained(path)
     beam = cfg.eval.beam if beam is None else beam
     alpha = cfg.eval.alpha if alpha is None else alpha
-    detok = _detokenizer(cfg)
-    translation = cfg.data.task in ("parallel", "multi30k")
+    out = check_output_file(hyp_file or Path(path).with_name(
+        f"{Path(path).stem}.{Path(str(src_file or split)).name}.beam{beam}.hyp.txt"), "--hyp-file")
+    translation = cfg.data.task in TRANSLATION
     metrics: dict = {"split": split, "beam": beam}
     raw_refs = None
     if src_file:
         src_lines, raw_refs = read_lines(src_file, "source file"), read_lines(ref_file, "reference file")
         check_counts(len(src_lines), len(raw_refs))
-        pairs = list(zip(_tokenize(cfg, src_lines, cfg.data.src_lang),
-                         _tokenize(cfg, raw_refs, cfg.data.tgt_lang)))
+        pairs = list(zip(task_tokenize(cfg.data, src_lines, cfg.data.src_lang),
+                         task_tokenize(cfg.data, raw_refs, cfg.data.tgt_lang)))
         metrics["split"] = str(src_file)
         spec = graph_spec(cfg.model)
         dataset = Dataset.from_tokens(pairs, src_vocab, tgt_vocab)
@@ -134,7 +132,7 @@ def evaluate_checkpoint(path, split: str = "test", *, beam: int | None = None, a
         exp = build_experiment(cfg, (src_vocab, tgt_vocab))
         dataset, pairs, spec = exp.splits[split], exp.tokens[split], exp.spec
         if cfg.data.task == "multi30k":
-            from transformer_graph.data.multi30k import load_raw
+            from transformer_graph.data.multi30k import load_raw  # noqa: PLC0415  (sacremoses: Multi30k only)
             raw_refs = load_raw(cfg.data.path, split, cfg.data.tgt_lang)
     if limit is not None:
         dataset = Dataset(dataset.pairs[:limit], src_vocab, tgt_vocab)
@@ -142,6 +140,7 @@ def evaluate_checkpoint(path, split: str = "test", *, beam: int | None = None, a
         raw_refs = raw_refs[:limit] if raw_refs is not None else None
     if len(dataset) == 0:
         raise ValueError(f"split {split!r} of {path} has no sentences to evaluate")
+    check_lengths({metrics["split"]: pairs}, model.pos.max_len, required=())  # before decoding, not during
     if not translation:
         metrics.update({k: v for k, v in evaluate_loss(model, dataset, spec).items() if k != "tokens"})
     start = time.time()
@@ -151,7 +150,7 @@ def evaluate_checkpoint(path, split: str = "test", *, beam: int | None = None, a
     metrics["decode_time_s"] = time.time() - start
     metrics["sentences_per_s"] = len(hyps) / max(metrics["decode_time_s"], 1e-9)
     hyp_tokens = [tgt_vocab.decode(h) for h in hyps]
-    hyp_text = [detok(t) for t in hyp_tokens]
+    hyp_text = [task_detokenize(cfg.data, t) for t in hyp_tokens]
     if translation:
         metrics["bleu_tok"] = bleu_tokenized(hyp_tokens, [t for _, t in pairs]).score
         refs = raw_refs if raw_refs is not None else [" ".join(t) for _, t in pairs]
@@ -160,7 +159,6 @@ def evaluate_checkpoint(path, split: str = "test", *, beam: int | None = None, a
         metrics["sacrebleu_signature"] = signature
     else:
         metrics["exact_match"] = exact_match(hyps, [t for _, t in dataset.pairs])
-    out = Path(hyp_file) if hyp_file else Path(path).with_name(
-        f"{Path(path).stem}.{Path(str(metrics['split'])).name}.beam{beam}.hyp.txt")
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(line + "\n" for line in hyp_text), encoding="utf-8")
     return {"checkpoint": str(path), "hypotheses": str(out), "metrics": metrics}

@@ -7,26 +7,67 @@ Input goes through the same tokenisation as the checkpoint's training data
 (Moses for Multi30k, whitespace otherwise), unknown words become ``<unk>``
 (and stay visible as ``<unk>`` in the output), sentences longer than the model
 can take are truncated with a :class:`TruncationWarning`, and empty lines give
-empty translations without touching the model. Sentences are decoded in
+empty translations without touching the model. Input that is not text -- bytes that are
+not UTF-8, control characters such as NUL -- is an :class:`InputError`, never a line of
+``<unk>``s; a line none of whose words the model knows gets an :class:`UnknownWordsWarning`. Sentences are decoded in
 length-sorted batches (:func:`~transformer_graph.inference.evaluation.decode_dataset`);
 the output keeps the input order.
 """
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
 from transformer_graph.config import Config
 from transformer_graph.data.datasets import Vocab
-from transformer_graph.inference.evaluation import _detokenizer, _tokenize, decode_dataset
+from transformer_graph.data.text import task_detokenize, task_tokenize
+from transformer_graph.experiment import graph_spec, load_trained
+from transformer_graph.inference.evaluation import decode_dataset
 from transformer_graph.graphs.build import GraphSpec
 
 
 class TruncationWarning(UserWarning):
     """A source sentence was longer than the model accepts and was cut."""
+
+
+class UnknownWordsWarning(UserWarning):
+    """No word of a source sentence is in the model's vocabulary: the output can only be noise."""
+
+
+class InputError(ValueError):
+    """Input that is not text: bytes that are not UTF-8, or control characters (binary data)."""
+
+
+# Tab is ordinary whitespace in text; every other C0 control, DEL and the C1 controls mean binary data.
+_CONTROL = {*range(0x00, 0x20), *range(0x7F, 0xA0)} - {0x09}
+
+
+def check_text(text: str, where: str) -> str:
+    """``text`` itself when it is text; an :class:`InputError` naming ``where`` (e.g. "stdin line 3") when
+    it holds a control character, or a lone surrogate (bytes that were not UTF-8, escaped by Python)."""
+    for column, char in enumerate(text, 1):
+        code = ord(char)
+        if code in _CONTROL or 0xD800 <= code <= 0xDFFF:
+            what = "bytes that are not UTF-8" if code >= 0xD800 else f"the control character U+{code:04X}"
+            raise InputError(f"{where}: column {column} holds {what}; expected UTF-8 text, one sentence per "
+                             f"line (is this binary data?)")
+    return text
+
+
+def read_text_lines(stream: Iterable[bytes], where: str = "stdin") -> Iterator[str]:
+    """The lines of a binary stream as text (newline and a leading byte-order mark removed), each
+    checked by :func:`check_text`; invalid UTF-8 is an :class:`InputError`, not replaced by anything."""
+    for number, raw in enumerate(stream, 1):
+        try:
+            text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as err:
+            raise InputError(f"{where} line {number}: byte 0x{raw[err.start]:02x} at column {err.start + 1} is "
+                             f"not UTF-8; expected UTF-8 text, one sentence per line (is this binary data?)"
+                             ) from None
+        yield check_text(text.rstrip("\r\n"), f"{where} line {number}")
 
 
 @dataclass
@@ -42,10 +83,8 @@ class Translator:
 
     @classmethod
     def from_checkpoint(cls, path, *, beam: int | None = None, alpha: float | None = None,
-                        batch_size: int = 64, map_location="cpu") -> "Translator":
+                        batch_size: int = 64, map_location="cpu") -> Translator:
         """Load ``path`` (best.pt, last.pt, averaged.pt); beam/alpha default to the run's eval config."""
-        from transformer_graph.experiment import graph_spec, load_trained
-
         if beam is not None and beam < 1:
             raise ValueError(f"beam: expected a positive integer, got {beam!r}")
         if alpha is not None and alpha < 0:
@@ -63,10 +102,10 @@ class Translator:
         return min(self.model.pos.max_len, self.cfg.data.max_src_len)
 
     def tokenize(self, lines: Sequence[str]) -> list[list[str]]:
-        return _tokenize(self.cfg, list(lines), self.cfg.data.src_lang)
+        return task_tokenize(self.cfg.data, list(lines), self.cfg.data.src_lang)
 
     def detokenize(self, tokens: Sequence[str]) -> str:
-        return _detokenizer(self.cfg)(list(tokens))
+        return task_detokenize(self.cfg.data, list(tokens))
 
     def encode(self, tokens: Sequence[str]) -> list[int]:
         """Source ids; unknown words -> <unk>. A literal '<sos>'/'<eos>'/'<pad>' typed by a user
@@ -80,9 +119,15 @@ class Translator:
         out = [""] * len(lines)
         todo, srcs = [], []
         limit = self.max_src_len
+        for i, line in enumerate(lines):
+            check_text(line, f"line {i + 1}")
         for i, tokens in enumerate(self.tokenize(lines)):
             if not tokens:
                 continue
+            if all(t not in self.src_vocab for t in tokens):
+                warnings.warn(f"line {i + 1}: none of its {len(tokens)} tokens is in the model's source "
+                              f"vocabulary, so it reads as <unk> only; is it in the language (or alphabet) "
+                              f"the model was trained on?", UnknownWordsWarning, stacklevel=2)
             if len(tokens) > limit:
                 warnings.warn(f"line {i + 1}: {len(tokens)} tokens, truncated to the model's limit "
                               f"of {limit}", TruncationWarning, stacklevel=2)
@@ -98,56 +143,3 @@ class Translator:
         for i, ids in zip(todo, hyps):
             out[i] = self.detokenize(v.decode(ids))
         return out
-
-
-def translate_main(argv=None) -> int:
-    """``scripts/translate.py``: sentences from the arguments, else stdin (one per line)."""
-    import argparse
-    import sys
-
-    from transformer_graph.checkpoint import CheckpointError
-    from transformer_graph.config import ConfigError
-
-    ap = argparse.ArgumentParser(description="Translate raw sentences with a trained checkpoint; "
-                                 "reads stdin (one sentence per line) when no sentence is given.")
-    ap.add_argument("--checkpoint", required=True, help="RUN_DIR/best.pt (or last.pt, averaged.pt)")
-    ap.add_argument("--beam", type=int, help="beam size (default: the run's eval.beam)")
-    ap.add_argument("--alpha", type=float, help="length-penalty exponent (default: the run's eval.alpha)")
-    ap.add_argument("--batch-size", type=int, default=64, help="sentences decoded together (default 64)")
-    ap.add_argument("sentences", nargs="*", help="sentences to translate (default: read stdin)")
-    args = ap.parse_args(argv)
-
-    def show(message, category, *_args, **_kwargs):
-        print(f"warning: {message}", file=sys.stderr)
-
-    warnings.showwarning = show
-    warnings.simplefilter("always", TruncationWarning)
-    try:
-        translator = Translator.from_checkpoint(args.checkpoint, beam=args.beam, alpha=args.alpha,
-                                                batch_size=args.batch_size)
-        if args.sentences:
-            chunks = [args.sentences]
-        elif sys.stdin.isatty():
-            chunks = ([line.rstrip("\r\n")] for line in sys.stdin)  # interactive: answer each line
-        else:
-            chunks = _chunks((line.rstrip("\r\n") for line in sys.stdin), 8 * args.batch_size)
-        for chunk in chunks:
-            for text in translator.translate(chunk):
-                print(text)
-            sys.stdout.flush()
-    except (ConfigError, CheckpointError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def _chunks(items, size: int):
-    """Lists of up to ``size`` items, so long inputs stream out chunk by chunk."""
-    chunk = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

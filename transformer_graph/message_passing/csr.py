@@ -24,46 +24,22 @@ and head (int32 columns of the matrix and its reverse, and the permutation
 between them), built once per graph and cached on it, so the attention layers
 of a batch share them.
 
-It applies when the graph's edges are numbered in query order (DGL's edge ids
-equal the in-edge CSR positions), which holds for every graph
-:mod:`transformer_graph.graphs.build` and the decoders build from query-sorted
-structures; other graphs, other devices and :func:`set_enabled` ``(False)`` fall
-back to DGL's kernels (:func:`supports`).
+The SpMM on its own (:func:`weighted_sum`) is also the □ sum of the GCN mean and GAT
+blocks (one weight per edge, or per edge and head).
+
+They are the torch engine's CPU path (:mod:`transformer_graph.message_passing.torch_engine`):
+every :class:`~transformer_graph.graphs.graph.AttentionGraph` numbers its edges in query
+order, so its in-edge CSR arrays are ``indptr`` and ``src`` as they are. Which engine a
+block uses is the block's own setting, never a switch in this module.
 """
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
-_CACHE_ATTR = "_tg_csr_pattern"
-_enabled = False  # DGL's built-ins are the reference path; these kernels are opt-in
-
-
-def set_enabled(flag: bool) -> None:
-    """Use these kernels (True) or always DGL's (False, the default), process-wide.
-
-    Training turns them on with ``train.kernels: sparse``; ``scripts/benchmark.py``
-    times both."""
-    global _enabled
-    _enabled = bool(flag)
-
-
-def is_enabled() -> bool:
-    return _enabled
-
-
-@contextmanager
-def enabled(flag: bool):
-    """Temporarily switch the kernels on or off (benchmarks compare both)."""
-    old = _enabled
-    set_enabled(flag)
-    try:
-        yield
-    finally:
-        set_enabled(old)
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 @dataclass
@@ -90,10 +66,22 @@ class CsrPattern:
     perm_t: torch.Tensor     # (E*H,) position in this matrix of each reverse entry
     dst: torch.Tensor        # (E,) query node of each edge (edge ids are CSR positions)
     single_crow: torch.Tensor  # (n_q + 1,) the one-head row pointers
+    edge_major: torch.Tensor | None = None  # (E*H,) e*H + h of each entry, built when first needed
 
     @property
     def nnz(self) -> int:
         return self.col.numel()
+
+    def from_edge_head(self, values: torch.Tensor) -> torch.Tensor:
+        """(E, H) edge values (indexed by edge id, head) as the flat (E*H,) entries of this
+        matrix; the inverse of :meth:`edge_head` (differentiable: a gather)."""
+        flat = values.reshape(-1)
+        if self.heads == 1:
+            return flat  # one head: entries are the edges, in edge order
+        if self.edge_major is None:
+            _, _, row, single = _rows(self.single_crow, self.heads)
+            self.edge_major = single * self.heads + row % self.heads
+        return flat.index_select(0, self.edge_major)
 
     def _csr(self, crow, col, values, rows, cols):
         return torch.sparse_csr_tensor(crow, col, values, (rows, cols))
@@ -162,47 +150,41 @@ def _rows(crow: torch.Tensor, heads: int):
     return offsets, lens, row, single
 
 
-def pattern_of(graph, heads: int) -> CsrPattern | None:
-    """The graph's cached :class:`CsrPattern` for ``heads`` heads, or None when its
-    edges are not numbered in query order."""
-    cache = getattr(graph, _CACHE_ATTR, None)
-    if cache is None:
-        cache = {}
-        setattr(graph, _CACHE_ATTR, cache)
-    if heads in cache:
-        return cache[heads]
-    crow, col, eids = graph.adj_tensors("csc")       # in-edges: rows are query (dst) nodes
+def pattern_of(graph, heads: int) -> CsrPattern:
+    """The :class:`CsrPattern` of ``graph`` (an AttentionGraph) for ``heads`` heads, built once
+    and cached on the graph."""
+    key = ("csr", heads)
+    pattern = graph.derived.get(key)
+    if pattern is not None:
+        return pattern
+    crow, col = graph.indptr, graph.src                # in-edges: rows are query (dst) nodes
     n_q, n_k, e = graph.num_dst_nodes(), graph.num_src_nodes(), graph.num_edges()
-    pattern = None
-    if e and bool((eids == torch.arange(e, dtype=eids.dtype, device=eids.device)).all()):
-        crow_t, col_t, eids_t = (t.long() for t in graph.adj_tensors("csr"))  # rows are keys (src)
-        crow, col = crow.long(), col.long()
-        # int32 indices: MKL's sparse kernels take them as they are (int64 would be
-        # converted on every call); int64 only when the index space needs it.
-        idx = torch.int32 if heads * max(e, n_q + 1, n_k + 1) < 2 ** 31 else torch.int64
-        offsets, lens, row, single = _rows(crow, heads)
-        col_h = col[single] * heads + row % heads
-        offsets_t, _, row_t, single_t = _rows(crow_t, heads)
-        col_th = col_t[single_t] * heads + row_t % heads
-        # Reverse entry (key j, head h, edge eid) sits in this matrix at row dst*H + h,
-        # at the edge's rank among dst's in-edges.
-        edge_t = eids_t[single_t]
-        dst = torch.repeat_interleave(torch.arange(n_q, device=crow.device), crow.diff(), output_size=e)
-        perm_t = offsets[dst[edge_t] * heads + row_t % heads] + (edge_t - crow[dst[edge_t]])
-        pattern = CsrPattern(heads=heads, n_q=n_q, n_k=n_k, crow=offsets.to(idx), col=col_h.to(idx),
-                             offsets=offsets, lens=lens, crow_t=offsets_t.to(idx), col_t=col_th.to(idx),
-                             perm_t=perm_t.to(idx), dst=dst, single_crow=crow)
-    cache[heads] = pattern
+    # The reverse (rows are keys): edges sorted by key, stably; eids_t are their edge ids.
+    eids_t = torch.sort(col, stable=True).indices
+    crow_t = torch.cat([col.new_zeros(1), torch.bincount(col, minlength=n_k).cumsum(0)])
+    # int32 indices: MKL's sparse kernels take them as they are (int64 would be
+    # converted on every call); int64 only when the index space needs it.
+    idx = torch.int32 if heads * max(e, n_q + 1, n_k + 1) < 2 ** 31 else torch.int64
+    offsets, lens, row, single = _rows(crow, heads)
+    col_h = col[single] * heads + row % heads
+    offsets_t, _, row_t, single_t = _rows(crow_t, heads)
+    # Reverse entry (key j, head h, edge eid) sits in this matrix at row dst*H + h,
+    # at the edge's rank among dst's in-edges.
+    edge_t = eids_t[single_t]
+    dst = graph.dst
+    col_th = dst[edge_t] * heads + row_t % heads
+    perm_t = offsets[dst[edge_t] * heads + row_t % heads] + (edge_t - crow[dst[edge_t]])
+    pattern = CsrPattern(heads=heads, n_q=n_q, n_k=n_k, crow=offsets.to(idx), col=col_h.to(idx),
+                         offsets=offsets, lens=lens, crow_t=offsets_t.to(idx), col_t=col_th.to(idx),
+                         perm_t=perm_t.to(idx), dst=dst, single_crow=crow)
+    graph.derived[key] = pattern
     return pattern
 
 
-_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-
-
 def supports(graph, q: torch.Tensor) -> bool:
-    """Whether :func:`attend` handles this graph and these (n_q, H, d) features."""
-    return (_enabled and q.device.type == "cpu" and q.dtype in _DTYPES
-            and pattern_of(graph, q.shape[1]) is not None)
+    """Whether these kernels handle this graph and these (n, H, d) features: CPU tensors of a
+    floating dtype, and at least one edge (MKL has no empty sparse matrices)."""
+    return q.device.type == "cpu" and q.dtype in _DTYPES and graph.num_edges() > 0
 
 
 def _compute(x: torch.Tensor) -> torch.Tensor:
@@ -270,18 +252,30 @@ def attend(graph, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
     return out, (pattern.edge_head(weights) if need_weights else None)
 
 
+def weighted_sum(graph, w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``out[i, h] = sum_j w[j -> i, h] * v[j, h]``: (n_q, H, d) from edge values w (E, H) in
+    edge order and v (n_k, H, d) (the □ sum of every block; see :func:`supports`)."""
+    pattern = pattern_of(graph, v.shape[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Sparse CSR tensor support is in beta state"
+        return _WeightedSum.apply(pattern, pattern.from_edge_head(w), v)
+
+
+def _patterns(graph):
+    return [(key, p) for key, p in graph.derived.items() if isinstance(key, tuple) and key[0] == "csr"]
+
+
 def pattern_bytes(graph) -> int:
-    """Bytes of the CSR patterns cached on ``graph`` (they live as long as the graph)."""
-    total = 0
-    for pattern in (getattr(graph, _CACHE_ATTR, None) or {}).values():
-        if pattern is not None:
-            total += sum(t.numel() * t.element_size() for t in vars(pattern).values()
-                         if isinstance(t, torch.Tensor))
-    return total
+    """Bytes of the CSR patterns cached on ``graph`` (they live as long as the graph); the
+    graph's own arrays that a pattern shares (``dst``, ``indptr``) are not counted."""
+    own = {id(graph.src), id(graph.dst), id(graph.indptr)}
+    tensors = {id(t): t for _, p in _patterns(graph) for t in vars(p).values()
+               if isinstance(t, torch.Tensor) and id(t) not in own}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def forget_patterns(graph) -> None:
     """Drop the CSR patterns cached on ``graph`` (benchmarks time building them, as a
     training step on a fresh batch does)."""
-    if hasattr(graph, _CACHE_ATTR):
-        delattr(graph, _CACHE_ATTR)
+    for key, _ in _patterns(graph):
+        del graph.derived[key]

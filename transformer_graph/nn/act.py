@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from transformer_graph.graphs.build import bipartite
+from transformer_graph.graphs.graph import AttentionGraph
 
 
 class HaltingUnit(nn.Module):
@@ -47,7 +47,7 @@ class HaltingUnit(nn.Module):
         return torch.sigmoid(self.linear(self.norm(state))).squeeze(-1)
 
 
-def active_subgraph(graph, active: torch.Tensor | None):
+def active_subgraph(graph: AttentionGraph, active: torch.Tensor | None):
     """The edges of ``graph`` into the ``active`` query nodes (sorted ids), and their ids.
 
     Query nodes are renumbered 0..len(active)-1 in the order of ``active``; key
@@ -55,14 +55,9 @@ def active_subgraph(graph, active: torch.Tensor | None):
     sends to the active queries. ``active=None`` (or every node) returns
     ``graph`` itself and ``None`` for the edge ids.
     """
-    n_q = graph.num_nodes("query")
-    if active is None or active.numel() == n_q:
+    if active is None or active.numel() == graph.num_dst_nodes():
         return graph, None
-    keys, queries, eids = graph.in_edges(active.to(graph.idtype), form="all")
-    remap = torch.full((n_q,), -1, dtype=torch.int64, device=active.device)
-    remap[active] = torch.arange(active.numel(), device=active.device)
-    sub = bipartite(keys.long(), remap[queries.long()], graph.num_nodes("key"), active.numel())
-    return sub, eids.long()
+    return graph.in_subgraph(active)
 
 
 def scatter_edges(w: torch.Tensor | None, eids: torch.Tensor | None, n_edges: int):

@@ -31,16 +31,15 @@ def torch_transformer_from(model: GraphTransformer) -> nn.Transformer:
     models (which have none) the stacks are built without it.
     """
     c = model.config
-    layer_args = dict(d_model=c["d_model"], nhead=c["heads"], dim_feedforward=c["d_ff"],
-                      dropout=c["dropout"], batch_first=True, norm_first=c["norm_first"])
-    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(**layer_args), c["layers"],
-                                norm=nn.LayerNorm(c["d_model"]) if c["norm_first"] else None,
+    layer_args = dict(d_model=c.d_model, nhead=c.heads, dim_feedforward=c.d_ff,
+                      dropout=c.dropout, batch_first=True, norm_first=c.norm_first)
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(**layer_args), c.layers,
+                                norm=nn.LayerNorm(c.d_model) if c.norm_first else None,
                                 enable_nested_tensor=False)
-    dec = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer_args),
-                                c["decoder_layers"] or c["layers"],
-                                norm=nn.LayerNorm(c["d_model"]) if c["norm_first"] else None)
-    dense = nn.Transformer(d_model=c["d_model"], nhead=c["heads"], dim_feedforward=c["d_ff"],
-                           dropout=c["dropout"], batch_first=True, norm_first=c["norm_first"],
+    dec = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer_args), c.decoder_layers or c.layers,
+                                norm=nn.LayerNorm(c.d_model) if c.norm_first else None)
+    dense = nn.Transformer(d_model=c.d_model, nhead=c.heads, dim_feedforward=c.d_ff,
+                           dropout=c.dropout, batch_first=True, norm_first=c.norm_first,
                            custom_encoder=enc, custom_decoder=dec)
     for d, g in zip(dense.encoder.layers, model.encoder.layers):
         _copy_attn(d.self_attn, g.self_attn)

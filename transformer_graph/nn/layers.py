@@ -8,7 +8,7 @@ normalises after the residual sum.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -35,7 +35,13 @@ class FeedForward(nn.Module):
 
 
 class Residual(nn.Module):
-    """gamma's skip connection: ``x + dropout(f(norm(x)))`` or ``norm(x + dropout(f(x)))``."""
+    """gamma's skip connection around one sublayer (The Annotated Transformer's
+    ``SublayerConnection``): ``x + dropout(f(norm(x)))`` or ``norm(x + dropout(f(x)))``.
+
+    ``residual(x, f)`` applies it to a sublayer ``f``. Attention sublayers use the two
+    halves instead, because they also return weights and the incremental decoder
+    splices cached keys/values in between: ``y = attend(residual.inp(x)); residual.out(x, y)``.
+    """
 
     def __init__(self, d_model: int, dropout: float, norm_first: bool):
         super().__init__()
@@ -51,23 +57,46 @@ class Residual(nn.Module):
         """Combine the node's state ``x`` with the sublayer's output ``y``."""
         return x + self.dropout(y) if self.norm_first else self.norm(x + self.dropout(y))
 
+    def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        return self.out(x, sublayer(self.inp(x)))
 
-class EncoderLayer(nn.Module):
+
+class _Layer(nn.Module):
+    """What encoder and decoder layers share: attention blocks (phi, □), each inside a
+    :class:`Residual`, then gamma's MLP update.
+
+    ``blocks`` maps the attribute name of each attention block to the name of its
+    residual, in order. Modules are registered blocks, MLP, residuals: the parameter
+    order that optimizer states in existing checkpoints are indexed by.
+    """
+
+    def __init__(self, blocks: dict[str, str], d_model: int, heads: int, d_ff: int, dropout: float,
+                 norm_first: bool, attn_dropout: float | None, attention_cls: AttentionFactory):
+        super().__init__()
+        attn_dropout = dropout if attn_dropout is None else attn_dropout
+        for block in blocks:
+            self.add_module(block, attention_cls(d_model, heads, attn_dropout))
+        self.ffn = FeedForward(d_model, d_ff, dropout)
+        for residual in blocks.values():
+            self.add_module(residual, Residual(d_model, dropout, norm_first))
+        self.res_ffn = Residual(d_model, dropout, norm_first)
+
+    def update(self, x: torch.Tensor) -> torch.Tensor:
+        """gamma's MLP half (the attention halves are applied in ``forward``)."""
+        return self.res_ffn(x, self.ffn)
+
+
+class EncoderLayer(_Layer):
     """Self-attention on the complete source graph, then the MLP update."""
+
+    self_attn: nn.Module
+    res_attn: Residual
 
     def __init__(self, d_model: int, heads: int, d_ff: int, dropout: float = 0.1,
                  norm_first: bool = True, attn_dropout: float | None = None,
                  attention_cls: AttentionFactory = GraphAttention):
-        super().__init__()
-        attn_dropout = dropout if attn_dropout is None else attn_dropout
-        self.self_attn = attention_cls(d_model, heads, attn_dropout)
-        self.ffn = FeedForward(d_model, d_ff, dropout)
-        self.res_attn = Residual(d_model, dropout, norm_first)
-        self.res_ffn = Residual(d_model, dropout, norm_first)
-
-    def update(self, x: torch.Tensor) -> torch.Tensor:
-        """gamma's MLP half (the attention half is applied in :meth:`forward`)."""
-        return self.res_ffn.out(x, self.ffn(self.res_ffn.inp(x)))
+        super().__init__({"self_attn": "res_attn"}, d_model, heads, d_ff, dropout, norm_first,
+                         attn_dropout, attention_cls)
 
     def forward(self, graph, x: torch.Tensor, need_weights: bool = False, self_kv: KVHook | None = None):
         """``self_kv`` (optional, as in :class:`DecoderLayer`) maps the keys/values of the
@@ -81,7 +110,7 @@ class EncoderLayer(nn.Module):
         return self.update(self.res_attn.out(x, a)), w
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(_Layer):
     """Causal self-attention, encoder-decoder attention, then the MLP update.
 
     ``self_kv`` (optional) receives the new nodes' keys and values and returns
@@ -91,20 +120,16 @@ class DecoderLayer(nn.Module):
     source nodes, precomputed once per sentence when decoding.
     """
 
+    self_attn: nn.Module
+    cross_attn: nn.Module
+    res_self: Residual
+    res_cross: Residual
+
     def __init__(self, d_model: int, heads: int, d_ff: int, dropout: float = 0.1,
                  norm_first: bool = True, attn_dropout: float | None = None,
                  attention_cls: AttentionFactory = GraphAttention):
-        super().__init__()
-        attn_dropout = dropout if attn_dropout is None else attn_dropout
-        self.self_attn = attention_cls(d_model, heads, attn_dropout)
-        self.cross_attn = attention_cls(d_model, heads, attn_dropout)
-        self.ffn = FeedForward(d_model, d_ff, dropout)
-        self.res_self = Residual(d_model, dropout, norm_first)
-        self.res_cross = Residual(d_model, dropout, norm_first)
-        self.res_ffn = Residual(d_model, dropout, norm_first)
-
-    def update(self, x: torch.Tensor) -> torch.Tensor:
-        return self.res_ffn.out(x, self.ffn(self.res_ffn.inp(x)))
+        super().__init__({"self_attn": "res_self", "cross_attn": "res_cross"}, d_model, heads, d_ff,
+                         dropout, norm_first, attn_dropout, attention_cls)
 
     def forward(self, dec_graph, cross_graph, x: torch.Tensor, memory: torch.Tensor | None = None,
                 memory_kv=None, self_kv: KVHook | None = None, need_weights: bool = False):
@@ -122,14 +147,24 @@ class DecoderLayer(nn.Module):
         return self.update(x), (w_self, w_cross)
 
 
-class Encoder(nn.Module):
-    """A stack of encoder layers (final LayerNorm for pre-norm stacks)."""
+def stack_norm(d_model: int, enabled: bool) -> nn.Module:
+    """The LayerNorm that ends a pre-norm stack (its residual sums were never normalised);
+    a post-norm stack already ends normalised: identity."""
+    return nn.LayerNorm(d_model) if enabled else nn.Identity()
 
-    def __init__(self, layer_fn: Callable[[], EncoderLayer], num_layers: int, d_model: int,
-                 final_norm: bool):
+
+class _Stack(nn.Module):
+    """``num_layers`` layers made by ``layer_fn``, then the final norm (pre-norm stacks)."""
+
+    def __init__(self, layer_fn: Callable[[], nn.Module], num_layers: int, d_model: int, final_norm: bool):
         super().__init__()
         self.layers = nn.ModuleList(layer_fn() for _ in range(num_layers))
-        self.norm = nn.LayerNorm(d_model) if final_norm else nn.Identity()
+        self.norm = stack_norm(d_model, final_norm)
+
+
+class Encoder(_Stack):
+    """A stack of encoder layers (final LayerNorm for pre-norm stacks):
+    ``Encoder(layer_fn, num_layers, d_model, final_norm)``."""
 
     def forward(self, graph, x: torch.Tensor, need_weights: bool = False):
         weights = []
@@ -139,14 +174,9 @@ class Encoder(nn.Module):
         return self.norm(x), weights
 
 
-class Decoder(nn.Module):
-    """A stack of decoder layers (final LayerNorm for pre-norm stacks)."""
-
-    def __init__(self, layer_fn: Callable[[], DecoderLayer], num_layers: int, d_model: int,
-                 final_norm: bool):
-        super().__init__()
-        self.layers = nn.ModuleList(layer_fn() for _ in range(num_layers))
-        self.norm = nn.LayerNorm(d_model) if final_norm else nn.Identity()
+class Decoder(_Stack):
+    """A stack of decoder layers (final LayerNorm for pre-norm stacks):
+    ``Decoder(layer_fn, num_layers, d_model, final_norm)``."""
 
     def forward(self, dec_graph, cross_graph, x: torch.Tensor, memory: torch.Tensor,
                 need_weights: bool = False):

@@ -29,27 +29,51 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from transformer_graph.nn.act import ACTAccumulator, ACTStats, HaltingUnit, active_subgraph, scatter_edges
-from transformer_graph.message_passing.aggregators import get_aggregator
-from transformer_graph.nn.layers import DecoderLayer, EncoderLayer, KVHook
-from transformer_graph.nn.model import EncoderDecoder, PositionalEncoding, TokenEmbedding, check_model_args, init_weights
+from transformer_graph.nn.layers import DecoderLayer, EncoderLayer, KVHook, stack_norm
+from transformer_graph.nn.model import (FACTORY_DEFAULTS, EncoderDecoder, EncoderDecoderConfig, PositionalEncoding,
+                                        constructor_signature)
 
 
-def check_act_args(max_depth, act_threshold, ponder_weight) -> None:
-    """Clear errors for the recurrence and halting settings."""
-    if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 1:
-        raise ValueError(f"max_depth: expected a positive integer (the most steps per node), got {max_depth!r}")
-    if isinstance(act_threshold, bool) or not isinstance(act_threshold, (int, float)) \
-            or not 0.0 < act_threshold <= 1.0:
-        raise ValueError(f"act_threshold: expected a number in (0, 1] (halt once the summed halting "
-                         f"probability reaches it), got {act_threshold!r}")
-    if isinstance(ponder_weight, bool) or not isinstance(ponder_weight, (int, float)) \
-            or not math.isfinite(ponder_weight) or ponder_weight < 0:
-        raise ValueError(f"ponder_weight: expected a non-negative number, got {ponder_weight!r}")
+@dataclass(frozen=True)
+class UniversalConfig(EncoderDecoderConfig):
+    """The Universal Transformer: one shared layer per side, applied up to ``max_depth``
+    times, each node halting on its own (ACT) unless ``halting`` is off."""
+
+    kind: ClassVar[str] = "universal"
+    POSITIONAL: ClassVar[tuple[str, ...]] = (
+        "src_vocab", "tgt_vocab", "d_model", "d_ff", "heads", "dropout", "norm_first", "share_embeddings",
+        "tie_generator", "max_len", "attn_dropout", "max_depth", "act_threshold", "ponder_weight", "halting",
+        "halt_bias", "timestep_encoding", "position_every_step", "aggregator", "embed_init_std")
+
+    max_depth: int = 8
+    act_threshold: float = 0.99
+    ponder_weight: float = 0.01
+    halting: bool = True
+    halt_bias: float = 1.0
+    # h_t = dropout(x_t + P(pos) + T(t)): which terms are added (both off and no halting
+    # reproduce a standard stack whose layers share weights).
+    timestep_encoding: bool = True
+    position_every_step: bool = True
+
+    def validate(self) -> None:
+        """The shared checks, then clear errors for the recurrence and halting settings."""
+        super().validate()
+        max_depth, act_threshold, ponder_weight = self.max_depth, self.act_threshold, self.ponder_weight
+        if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 1:
+            raise ValueError(f"max_depth: expected a positive integer (the most steps per node), got {max_depth!r}")
+        if isinstance(act_threshold, bool) or not isinstance(act_threshold, (int, float)) \
+                or not 0.0 < act_threshold <= 1.0:
+            raise ValueError(f"act_threshold: expected a number in (0, 1] (halt once the summed halting "
+                             f"probability reaches it), got {act_threshold!r}")
+        if isinstance(ponder_weight, bool) or not isinstance(ponder_weight, (int, float)) \
+                or not math.isfinite(ponder_weight) or ponder_weight < 0:
+            raise ValueError(f"ponder_weight: expected a non-negative number, got {ponder_weight!r}")
 
 
 class _KVStore:
@@ -71,22 +95,20 @@ class _KVStore:
 
 
 class _Recurrent(nn.Module):
-    """One shared layer applied up to ``max_depth`` times, with ACT per node."""
+    """One shared layer applied up to ``config.max_depth`` times, with ACT per node."""
 
     kinds: tuple[str, ...] = ()
 
-    def __init__(self, layer: nn.Module, d_model: int, max_depth: int, act_threshold: float,
-                 halting: bool, dropout: float, final_norm: bool, halt_bias: float,
-                 timestep_encoding: bool, position_every_step: bool):
+    def __init__(self, layer: nn.Module, config: UniversalConfig):
         super().__init__()
-        check_act_args(max_depth, act_threshold, 0.0)
+        d_model = config.d_model
         self.layer = layer
-        self.norm = nn.LayerNorm(d_model) if final_norm else nn.Identity()
-        self.halt = HaltingUnit(d_model, halt_bias) if halting else None
-        self.time = PositionalEncoding(d_model, max_depth)
-        self.dropout = nn.Dropout(dropout)
-        self.d_model, self.max_depth, self.threshold = d_model, max_depth, float(act_threshold)
-        self.timestep_encoding, self.position_every_step = timestep_encoding, position_every_step
+        self.norm = stack_norm(d_model, config.norm_first)
+        self.halt = HaltingUnit(d_model, config.halt_bias) if config.halting else None
+        self.time = PositionalEncoding(d_model, config.max_depth)
+        self.dropout = nn.Dropout(config.dropout)
+        self.d_model, self.max_depth, self.threshold = d_model, config.max_depth, float(config.act_threshold)
+        self.timestep_encoding, self.position_every_step = config.timestep_encoding, config.position_every_step
         self.record_states = False     # keep the accumulated output after every step (tests, pictures)
         self.last_stats: ACTStats | None = None
 
@@ -260,10 +282,12 @@ class ACTCounter:
 class UniversalTransformer(EncoderDecoder):
     """Encoder-decoder Universal Transformer with ACT on attention graphs.
 
-    Same outer interface as :class:`~transformer_graph.nn.model.GraphTransformer`
-    (``embed_src``, ``embed_tgt``, ``pos``, ``encoder``, ``decoder``, ``log_probs``,
-    ``forward(batch, return_attention)``), so training, evaluation and greedy/beam
-    decoding work unchanged. After each forward pass:
+    Built from a :class:`UniversalConfig` (``UniversalTransformer(config)``) or from its
+    fields, as always: ``UniversalTransformer(src_vocab, tgt_vocab, d_model=512, ...,
+    max_depth=8, ...)``. Same outer interface as
+    :class:`~transformer_graph.nn.model.GraphTransformer` (``embed_src``, ``embed_tgt``,
+    ``pos``, ``encoder``, ``decoder``, ``log_probs``, ``forward(batch, return_attention)``),
+    so training, evaluation and greedy/beam decoding work unchanged. After each forward pass:
 
     * ``act_stats``: ``{"enc": ACTStats, "dec": ACTStats}`` (steps per node, nodes and
       edges processed per step);
@@ -272,43 +296,23 @@ class UniversalTransformer(EncoderDecoder):
       (None without halting).
     """
 
-    def __init__(self, src_vocab: int, tgt_vocab: int, d_model: int = 512, d_ff: int = 2048,
-                 heads: int = 8, dropout: float = 0.1, norm_first: bool = True,
-                 share_embeddings: bool = False, tie_generator: bool = False, max_len: int = 512,
-                 attn_dropout: float | None = None, max_depth: int = 8, act_threshold: float = 0.99,
-                 ponder_weight: float = 0.01, halting: bool = True, halt_bias: float = 1.0,
-                 timestep_encoding: bool = True, position_every_step: bool = True,
-                 aggregator: str = "attention", embed_init_std: float | None = None):
-        super().__init__()
-        attention_cls = get_aggregator(aggregator)  # phi/□ of the shared layers
-        check_model_args(src_vocab, tgt_vocab, d_model, d_ff, heads, max_len, dropout, share_embeddings)
-        check_act_args(max_depth, act_threshold, ponder_weight)
-        self.config = dict(kind="universal", src_vocab=src_vocab, tgt_vocab=tgt_vocab, d_model=d_model,
-                           d_ff=d_ff, heads=heads, dropout=dropout, norm_first=norm_first,
-                           share_embeddings=share_embeddings, tie_generator=tie_generator, max_len=max_len,
-                           attn_dropout=attn_dropout, max_depth=max_depth, act_threshold=act_threshold,
-                           ponder_weight=ponder_weight, halting=halting, halt_bias=halt_bias,
-                           timestep_encoding=timestep_encoding, position_every_step=position_every_step,
-                           aggregator=aggregator, embed_init_std=embed_init_std)
-        self.d_model, self.max_depth = d_model, max_depth
-        self.ponder_weight = float(ponder_weight)
-        self.src_embed = TokenEmbedding(src_vocab, d_model, "src")
-        self.tgt_embed = self.src_embed if share_embeddings else TokenEmbedding(tgt_vocab, d_model, "tgt")
-        self.pos = PositionalEncoding(d_model, max_len)
-        args = (d_model, heads, d_ff, dropout, norm_first, attn_dropout, attention_cls)
-        rec = dict(d_model=d_model, max_depth=max_depth, act_threshold=act_threshold, halting=halting,
-                   dropout=dropout, final_norm=norm_first, halt_bias=halt_bias,
-                   timestep_encoding=timestep_encoding, position_every_step=position_every_step)
-        self.encoder = UniversalEncoder(EncoderLayer(*args), **rec)
-        self.decoder = UniversalDecoder(DecoderLayer(*args), **rec)
-        self.generator = nn.Linear(d_model, tgt_vocab)
-        init_weights(self, embed_init_std)  # as the standard model
-        if tie_generator:
-            self.generator.weight = self.tgt_embed.weight
+    config_class = UniversalConfig
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(UniversalConfig.of(*args, **kwargs))
+        self.max_depth = self.config.max_depth
+        self.ponder_weight = float(self.config.ponder_weight)
         self.act_stats: dict[str, ACTStats] = {}
         self.ponder: torch.Tensor | None = None
         self.aux_loss: torch.Tensor | None = None
-        self.epoch_act = ACTCounter(max_depth)
+        self.epoch_act = ACTCounter(self.max_depth)
+
+    __init__.__signature__ = constructor_signature(UniversalConfig)
+
+    def build_stacks(self, config: UniversalConfig):
+        encoder = UniversalEncoder(self.make_layer(EncoderLayer), config)
+        decoder = UniversalDecoder(self.make_layer(DecoderLayer), config)
+        return encoder, decoder
 
     @property
     def halting(self) -> bool:
@@ -346,13 +350,11 @@ class UniversalTransformer(EncoderDecoder):
         return out
 
 
-def make_universal_model(src_vocab: int, tgt_vocab: int, d_model: int = 512, d_ff: int = 2048,
-                         heads: int = 8, dropout: float = 0.1, norm_first: bool = True,
-                         share_embeddings: bool = False, tie_generator: bool | None = None,
-                         max_len: int = 512, **kwargs) -> UniversalTransformer:
-    """Build a :class:`UniversalTransformer`; like :func:`~transformer_graph.nn.model.make_model`,
-    the generator is tied to the target embedding whenever embeddings are shared."""
-    if tie_generator is None:
-        tie_generator = share_embeddings
-    return UniversalTransformer(src_vocab, tgt_vocab, d_model, d_ff, heads, dropout, norm_first,
-                                share_embeddings, tie_generator, max_len, **kwargs)
+def make_universal_model(*args, **kwargs) -> UniversalTransformer:
+    """Build a :class:`UniversalTransformer` from :class:`UniversalConfig`'s fields; like
+    :func:`~transformer_graph.nn.model.make_model`, the generator is tied to the target
+    embedding whenever embeddings are shared, unless ``tie_generator`` says otherwise."""
+    return UniversalTransformer(UniversalConfig.of(*args, defaults=FACTORY_DEFAULTS, **kwargs))
+
+
+make_universal_model.__signature__ = constructor_signature(UniversalConfig, method=False, **FACTORY_DEFAULTS)

@@ -67,11 +67,11 @@ from datetime import timedelta
 from functools import partial
 from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from transformer_graph.checkpoint import last_checkpoint_status
+from transformer_graph.seeds import derive_seed
 from transformer_graph.train.device import resolve_device
 
 ENV_TIMEOUT = "TG_DIST_TIMEOUT"
@@ -312,11 +312,6 @@ class Collectives:
 # --------------------------------------------------------------------------
 # Model, device, seeds
 # --------------------------------------------------------------------------
-def derive_seed(*parts: int) -> int:
-    """A 32-bit seed that is a pure function of ``parts`` (and differs for different parts)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
-
-
 def seed_rank(seed: int, rank: int, *extra: int) -> int:
     """Seed torch (CPU and CUDA) and ``random`` for this rank's dropout: ranks differ, runs repeat."""
     s = derive_seed(seed, rank, *extra)

@@ -1,5 +1,9 @@
 """glibc allocator settings for CPU training: reuse freed memory instead of faulting it in again.
 
+Training applies them once per process when ``train.tune_malloc`` is true (the default; the
+Trainer calls :func:`tune_malloc`); ``python -m bench.benchmark --malloc default|tuned``
+measures with and without.
+
 Why: glibc serves every allocation above its mmap threshold (128 KiB, raised
 dynamically up to 32 MiB) with a fresh ``mmap`` and returns it to the kernel
 on free. A training step allocates many large tensors (the generator alone makes

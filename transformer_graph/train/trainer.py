@@ -3,32 +3,42 @@ resume, plot and compare a run.
 
 ``RUN_DIR/`` contains ``config.yaml`` (the effective config), ``vocab.*.json``,
 ``metrics.jsonl`` (one JSON object per log event), TensorBoard event files,
-``last.pt`` (every epoch and whenever the run stops) and ``best.pt`` (best
-validation metric). ``last.pt`` records the position inside the epoch and every
-random state, so ``--resume RUN_DIR`` continues exactly where the run stopped.
+``last.pt`` (every epoch, every ``train.save_every_steps``/``_minutes`` inside one,
+and whenever the run stops) and ``best.pt`` (best validation metric). ``last.pt``
+records the position inside the epoch and every random state, so ``--resume RUN_DIR``
+continues exactly where the run stopped. What is promised -- fresh or resumed run
+directories, checked resumes, uninterruptible saves -- is in docs/RELIABILITY.md.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
-from transformer_graph.checkpoint import last_checkpoint_status, load_checkpoint, rng_state, save_checkpoint
+from transformer_graph.checkpoint import (CheckpointError, fingerprint, last_checkpoint_status, load_checkpoint,
+                                          rng_state, save_checkpoint)
 from transformer_graph.config import Config, config_to_dict, save_config
-from transformer_graph.data.datasets import Batcher, Vocab, collate
+from transformer_graph.data.datasets import Batcher, Vocab, check_lengths, collate
 from transformer_graph.train.device import resolve_device
-from transformer_graph.train.distributed import (Collectives, evaluators, local_device, restore_rank_rng, resume_position, seed_rank,
-                          step_denominators, wrap_model)
-from transformer_graph.inference.evaluation import exact_match
+from transformer_graph.train.malloc import tune_malloc
+from transformer_graph.train.distributed import (Collectives, evaluators, local_device, restore_rank_rng,
+                                                 resume_position, seed_rank, step_denominators, wrap_model)
+from transformer_graph.inference.evaluation import bleu_tokenized, exact_match
 from transformer_graph.experiment import Experiment, build_experiment, build_model, vocab_paths
 from transformer_graph.nn.loss import label_smoothed_loss, token_correct
-from transformer_graph.message_passing import csr as sparse_attention
+from transformer_graph.message_passing.base import set_engine
+from transformer_graph.message_passing.engines import resolve_engine
+from transformer_graph.train import resume as resuming
+from transformer_graph.train.run_dir import check_fresh, check_writable, create, remove_stale_temp_files
+from transformer_graph.train.signals import deferred_signals, stop_requests
 
 
 class TrainingError(RuntimeError):
@@ -74,28 +84,46 @@ class Trainer:
         t = cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
+        if t.tune_malloc:  # glibc has one allocator per process: set once, before the first large tensor
+            tune_malloc()
         self.device = resolve_device(t.device)
-        sparse_attention.set_enabled(t.kernels == "sparse")
+        resolve_engine(t.engine, "train.engine")  # an engine that cannot run fails before the data loads
         if world_size > 1:
             self.device = local_device(self.device)  # this rank's GPU under torchrun
         self.comm = Collectives(rank, world_size, self.device)
         self._rng_ranks = None  # every rank's RNG state, gathered before each checkpoint
         self.progress = Progress()
         ckpt = None
+        # Fresh or resumed, checked before any work: a new run never writes into a used directory,
+        # a resumed one only continues the setup its checkpoint was trained with.
         if resume:
-            ckpt = load_checkpoint(self.run_dir / "last.pt")
-            vocabs = (Vocab.from_dict(ckpt["src_vocab"]), Vocab.from_dict(ckpt["tgt_vocab"]))
-            if ckpt["src_vocab"] == ckpt["tgt_vocab"]:
-                vocabs = (vocabs[0], vocabs[0])
-        else:
+            # (None, None): the run stopped before its first checkpoint and starts over from step 0
+            self.resumed_from, ckpt = resuming.load_resume_checkpoint(self.run_dir)
+            resuming.check_config(ckpt, self.resumed_from, cfg, self.run_dir)
             vocabs = None
+            if ckpt is not None:
+                vocabs = (Vocab.from_dict(ckpt["src_vocab"]), Vocab.from_dict(ckpt["tgt_vocab"]))
+                if ckpt["src_vocab"] == ckpt["tgt_vocab"]:
+                    vocabs = (vocabs[0], vocabs[0])
+        else:
+            self.resumed_from = None
+            vocabs = None
+            if self.is_main:
+                check_fresh(self.run_dir)
         torch.manual_seed(t.seed)
         random.seed(t.seed)
         self.exp: Experiment = build_experiment(cfg, vocabs)
+        if ckpt is not None:
+            resuming.check_data(ckpt, self.resumed_from, self.exp, self.run_dir)
+        check_lengths(self.exp.tokens, cfg.model.max_len)  # every split: fail now, not after an epoch
+        # Saved in every checkpoint: what its weights were trained on besides the config.
+        self.fingerprint = fingerprint(self.exp.src_vocab.to_dict(), self.exp.tgt_vocab.to_dict(),
+                                       self.exp.tokens["train"])
         if cfg.viz.example is not None:  # fail now, not after the first epoch
-            from transformer_graph.viz.attention import check_example
+            from transformer_graph.viz.attention import check_example  # noqa: PLC0415  (matplotlib: viz runs only)
             check_example(self.exp, cfg.viz.example, "valid")
         self.model = build_model(cfg.model, len(self.exp.src_vocab), len(self.exp.tgt_vocab)).to(self.device)
+        set_engine(self.model, t.engine, "train.engine")  # this model's engine; no other model changes
         if world_size > 1:  # same initial weights everywhere (seeded above), dropout differs per rank
             seed_rank(t.seed, rank)
         self.optimizer = self._make_optimizer()
@@ -110,14 +138,29 @@ class Trainer:
             self._restore(ckpt)
         if world_size > 1:  # after the restore: DDP broadcasts rank 0's (restored) weights
             self.model = wrap_model(self.model, self.device)
-        if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.yaml")
-            src_path, tgt_path = vocab_paths(self.run_dir)
-            self.exp.src_vocab.save(src_path)
-            self.exp.tgt_vocab.save(tgt_path)
         self._writer = None
         self._signal = None  # set by SIGTERM/SIGINT during fit()
+        self._purge_step = self.progress.step + 1 if resume else None  # TensorBoard: drop what is redone
+        self.averaged: Path | None = None  # averaged.pt when this session wrote it
+        self._saved_at = self.progress.elapsed  # training seconds at the last save of last.pt
+        if self.is_main:
+            self._prepare_run_dir(resume, from_checkpoint=ckpt is not None)
+
+    def _prepare_run_dir(self, resume: bool, from_checkpoint: bool) -> None:
+        """A new run's directory with its config and vocabularies; a resumed run's config (only safe
+        keys can differ), its log cut back to the checkpoint and no temporary file of a kill left."""
+        with self._writing(self.run_dir):
+            if resume:
+                check_writable(self.run_dir)
+                remove_stale_temp_files(self.run_dir)
+                resuming.truncate_log(self.run_dir / "metrics.jsonl", self.progress.step)
+            else:
+                create(self.run_dir)
+                remove_stale_temp_files(self.run_dir)
+            save_config(self.cfg, self.run_dir / "config.yaml")
+            for vocab, path in zip((self.exp.src_vocab, self.exp.tgt_vocab), vocab_paths(self.run_dir)):
+                if not from_checkpoint or not path.exists():  # else the checkpoint's vocabulary: unchanged
+                    vocab.save(path)
 
     # -- setup ---------------------------------------------------------------
     def _make_optimizer(self):
@@ -128,10 +171,15 @@ class Trainer:
         return cls(self.model.parameters(), lr=1.0, betas=tuple(o.betas), eps=o.eps, **kwargs)
 
     def _restore(self, ckpt: dict) -> None:
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.progress = Progress(**ckpt["progress"])
+        try:  # the resume checks compared config and vocabulary; this is a file damaged inside
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.progress = Progress(**ckpt["progress"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{self.resumed_from}: its training state does not fit the model its own "
+                                  f"config builds ({type(err).__name__}: {str(err).strip().splitlines()[0][:160]})"
+                                  ) from None
         # batch_in_epoch counts per-rank batches of the world size the checkpoint was written with.
         p = self.progress
         p.batch_in_epoch = resume_position(p.batch_in_epoch, int(ckpt.get("world_size", 1)), self.world_size)
@@ -140,8 +188,9 @@ class Trainer:
     @property
     def writer(self):
         if self._writer is None and self.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-            self._writer = SummaryWriter(str(self.run_dir / "tb"))
+            from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415  (only when the run logs)
+            # A resumed run drops the events after its checkpoint: those steps are logged again.
+            self._writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self._purge_step)
         return self._writer
 
     # -- bookkeeping -----------------------------------------------------------
@@ -150,7 +199,7 @@ class Trainer:
             return
         record = {"event": event, "epoch": self.progress.epoch, "step": self.progress.step,
                   "time": round(self.progress.elapsed, 2), **metrics}
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
+        with self._writing(self.run_dir / "metrics.jsonl"), open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         for k, v in metrics.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -163,6 +212,7 @@ class Trainer:
                     scheduler=self.scheduler.state_dict(), rng=rng_state(),
                     progress=vars(self.progress).copy(), config=config_to_dict(self.cfg),
                     src_vocab=self.exp.src_vocab.to_dict(), tgt_vocab=self.exp.tgt_vocab.to_dict(),
+                    fingerprint=self.fingerprint,
                     **({"world_size": self.world_size, "rng_ranks": self._rng_ranks} if self.world_size > 1 else {}))
 
     def gather_rng(self) -> None:
@@ -172,11 +222,32 @@ class Trainer:
 
     def save(self, name: str) -> Path:
         """Write ``RUN_DIR/name`` on rank 0; under torchrun every rank must call it."""
-        path = self.run_dir / name
         self.gather_rng()
+        if name == "last.pt":
+            self._saved_at = self.progress.elapsed
         if self.is_main:
-            save_checkpoint(path, **self.checkpoint_state())
-        return path
+            self.write_checkpoints(self.checkpoint_state(), [name])
+        return self.run_dir / name
+
+    def write_checkpoints(self, state: dict, names: list[str]) -> None:
+        """Save ``state`` as each of ``names`` in order, as one block no signal interrupts (a Ctrl-C
+        waits for its end). A write that fails (a full disk) stops the run with a TrainingError; every
+        file keeps its previous content (each write is atomic)."""
+        with deferred_signals():
+            for name in names:
+                with self._writing(self.run_dir / name):
+                    save_checkpoint(self.run_dir / name, **state)
+
+    @contextmanager
+    def _writing(self, path: Path):
+        """An OSError while writing ``path`` becomes a TrainingError that says what is intact."""
+        try:
+            yield
+        except OSError as err:
+            code = errno.errorcode.get(err.errno or 0, "")
+            raise TrainingError(f"writing {path} failed: {err.strerror or err}{f' ({code})' if code else ''}; "
+                                f"stopping; every file of the run keeps its previous content. Fix the cause (e.g. free "
+                                f"disk space); {last_checkpoint_status(self.run_dir)}") from None
 
     # -- the loop --------------------------------------------------------------
     def autocast(self):
@@ -185,15 +256,29 @@ class Trainer:
         return nullcontext()
 
     def fit(self) -> dict:
+        """Train until a limit or a signal; returns the run summary.
+
+        SIGINT/SIGTERM apply to this call alone (:mod:`transformer_graph.train.signals`): the first
+        finishes the current step, saves ``last.pt`` and stops; a second stops at once, but never
+        in the middle of a save. Before and after it, Ctrl-C interrupts as usual."""
+        self._signal = None
+        with stop_requests(self._request_stop):
+            return self._fit()
+
+    def _request_stop(self, name: str) -> None:
+        self._signal = name
+        print(f"\n{name} received: stopping after this step and saving last.pt "
+              f"(send it again to stop at once)", flush=True)
+
+    def _fit(self) -> dict:
         cfg, p = self.cfg, self.progress
         t, accum = cfg.train, cfg.optim.accum_steps
         start = time.time() - p.elapsed
+        self._saved_at = p.elapsed  # this session's clock starts here (train.save_every_minutes)
         stop_reason = None
         train = self.exp.splits["train"]
         pad = self.exp.tgt_vocab.pad
-        from tqdm import tqdm
 
-        self._install_signal_handlers()
         while p.epoch < t.max_epochs and stop_reason is None:
             batches = self.train_batches.batches(p.epoch)
             self.model.train()
@@ -220,7 +305,8 @@ class Trainer:
                         self._signal = "on another rank"
                 bar.update(len(group))
                 rate = sums["nodes"] / max(time.time() - epoch_start, 1e-9)
-                bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{rate:.0f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{rate:.0f}",
+                                lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
                 if p.step % t.log_every == 0:
                     self.log("train_step", loss=step_loss, lr=self.scheduler.get_last_lr()[0], tokens_per_s=rate)
                 if self._signal is not None:
@@ -231,6 +317,10 @@ class Trainer:
                     stop_reason = f"max_time={t.max_time}s"
                 if stop_reason:
                     break
+                if p.batch_in_epoch < len(batches) and self._step_save_due():  # (an epoch's end saves anyway)
+                    p.epoch_sums = {**self.comm.sum_dict(sums), "seconds": time.time() - epoch_start}
+                    self.save("last.pt")
+                    p.epoch_sums = None
             bar.close()
             sums = self.comm.sum_dict(sums)  # the epoch's training metrics over all ranks
             n = max(sums["tokens"], 1)
@@ -244,25 +334,14 @@ class Trainer:
         p.elapsed = time.time() - start
         return self.summary(stop_reason or f"max_epochs={t.max_epochs}")
 
-    def _install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT finish the current optimizer step, save ``last.pt`` and stop,
-        so an interrupted run loses nothing and ``--resume`` continues it exactly."""
-        import signal
-        import threading
+    def _step_save_due(self) -> bool:
+        """Whether to write last.pt after this step inside an epoch (train.save_every_steps/_minutes).
 
-        self._signal = None
-        if threading.current_thread() is not threading.main_thread():
-            return
-
-        def request_stop(signum, _frame):
-            if self._signal is not None:  # a second signal: stop now
-                raise KeyboardInterrupt
-            self._signal = signal.Signals(signum).name
-            print(f"\n{self._signal} received: stopping after this step and saving last.pt "
-                  f"(send it again to stop at once)", flush=True)
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, request_stop)
+        Decided on the step count and the training clock, which under torchrun is rank 0's on every
+        rank (agree_to_stop), so all ranks save together."""
+        t, p = self.cfg.train, self.progress
+        return ((t.save_every_steps is not None and p.step % t.save_every_steps == 0)
+                or (t.save_every_minutes is not None and p.elapsed - self._saved_at >= 60 * t.save_every_minutes))
 
     def train_step(self, train, group, pad, sums) -> float:
         """Forward/backward over the batches of ``group``, then one optimizer step."""
@@ -325,7 +404,6 @@ class Trainer:
         pairs = valid.pairs[:limit]
         v = exp.tgt_vocab
         if exp.translation and cfg.eval.bleu:
-            from transformer_graph.inference.evaluation import bleu_tokenized
             hyps = decode(model, [s for s, _ in pairs], exp.spec, sos=v.sos, eos=v.eos,
                           max_len_a=cfg.eval.max_len_a, max_len_b=cfg.eval.max_len_b)
             refs = [t for _, t in exp.tokens["valid"][:limit]]
@@ -357,22 +435,22 @@ class Trainer:
             p.best, p.best_epoch = valid["score"], p.epoch + 1
         p.epoch += 1
         p.batch_in_epoch = 0
-        self.gather_rng()
-        if self.is_main:
-            state = self.checkpoint_state()
-            save_checkpoint(self.run_dir / "last.pt", **state)
-            if improved or not valid:
-                save_checkpoint(self.run_dir / "best.pt", **state)
-            keep = max(self.cfg.train.keep_last, self.cfg.train.average_last)
-            if keep > 1:
-                save_checkpoint(self.run_dir / f"epoch{p.epoch}.pt", **state)
-                old = self.run_dir / f"epoch{p.epoch - keep}.pt"
-                if old.exists():
-                    old.unlink()
         if self.is_main and self.cfg.viz.example is not None:
-            # Attention of the chosen example, for scripts/visualize.py --animate (no RNG used).
-            from transformer_graph.viz.attention import save_snapshot
+            # Attention of the chosen example, for scripts/visualize.py --animate (no RNG used); before
+            # the checkpoint, so a kill in between redoes this epoch rather than skipping its picture.
+            from transformer_graph.viz.attention import save_snapshot  # noqa: PLC0415  (matplotlib: viz runs only)
             save_snapshot(getattr(self.model, "module", self.model), self.exp, self.cfg.viz, self.run_dir, p.epoch)
+        self.gather_rng()
+        self._saved_at = p.elapsed
+        if self.is_main:
+            keep = max(self.cfg.train.keep_last, self.cfg.train.average_last)
+            # last.pt last: a kill before it resumes from the previous one and redoes this epoch,
+            # which writes the same best.pt and epoch file again.
+            names = (["best.pt"] if improved or not valid else []) + ([f"epoch{p.epoch}.pt"] if keep > 1 else [])
+            self.write_checkpoints(self.checkpoint_state(), [*names, "last.pt"])
+            old = self.run_dir / f"epoch{p.epoch - keep}.pt"
+            if keep > 1 and old.exists():
+                old.unlink()
 
     def summary(self, stop_reason: str) -> dict:
         p = self.progress
@@ -410,9 +488,15 @@ class Trainer:
         state = self.checkpoint_state()
         state["model"] = avg
         state["averaged_from"] = [q.name for q in paths]
-        out = self.run_dir / "averaged.pt"
-        save_checkpoint(out, **state)
-        return out
+        self.write_checkpoints(state, ["averaged.pt"])
+        self.averaged = self.run_dir / "averaged.pt"
+        return self.averaged
+
+    def final_checkpoint(self) -> Path | None:
+        """The model this run is judged by: the average this session wrote, else best.pt (an
+        averaged.pt left by an earlier session of a resumed run is not this run's final model)."""
+        best = self.run_dir / "best.pt"
+        return self.averaged or (best if best.exists() else None)
 
 
 def format_summary(summary: dict) -> str:

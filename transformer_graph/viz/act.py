@@ -8,19 +8,24 @@ when the run's ``metrics.jsonl`` holds the per-epoch ``act`` events the trainer
 logs, the fraction of nodes entering each step epoch by epoch (how computation
 shrinks during training).
 
-    python scripts/plot_act.py --checkpoint RUN/best.pt --out act.png [--split valid] [--limit N]
+    tg-plot-act --checkpoint RUN/best.pt --out act.png [--split valid] [--limit N]
 
-Figures use matplotlib's Agg canvas directly (no pyplot, no GUI backend).
+Figures come from :func:`transformer_graph.viz.figures.new_figure` (an Agg canvas:
+no pyplot, no GUI backend, no global state).
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib import colormaps
+from matplotlib.ticker import MaxNLocator
+
+from transformer_graph.data.datasets import Batcher, Dataset, collate
+from transformer_graph.experiment import build_experiment, load_trained
+from transformer_graph.viz.figures import new_figure, save_figure
 
 SIDES = (("enc", "src_pos", "encoder (source positions)"), ("dec", "tgt_pos", "decoder (target positions)"))
 
@@ -28,8 +33,6 @@ SIDES = (("enc", "src_pos", "encoder (source positions)"), ("dec", "tgt_pos", "d
 @torch.no_grad()
 def step_table(model, dataset, spec, *, batch_size: int = 128, device="cpu") -> dict[str, np.ndarray]:
     """side -> integer array (positions, max_depth): nodes at position i that took k+1 steps."""
-    from transformer_graph.data.datasets import Batcher, collate
-
     if not hasattr(model, "act_stats"):
         raise ValueError(f"step_table: expected a Universal Transformer (model.kind: universal), "
                          f"got {type(model).__name__}")
@@ -69,14 +72,8 @@ def act_history(metrics_path) -> list[dict]:
 def step_figure(tables: dict[str, np.ndarray], history: list[dict] | None = None, title: str | None = None):
     """Stacked bars of the step distribution per position (one panel per side), and the
     fraction of nodes entering each step per epoch when ``history`` is given."""
-    from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
     panels = len(tables) + (1 if history else 0)
-    fig = Figure(figsize=(5.2 * panels, 3.8), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(5.2 * panels, 3.8)
     axes = fig.subplots(1, panels, squeeze=False)[0]
     depth = next(iter(tables.values())).shape[1]
     colors = colormaps["viridis"](np.linspace(0.0, 1.0, depth))
@@ -127,9 +124,6 @@ def step_figure(tables: dict[str, np.ndarray], history: list[dict] | None = None
 def plot_checkpoint(checkpoint, out, *, split: str = "valid", limit: int | None = None,
                     batch_size: int = 128) -> dict:
     """Load a Universal Transformer checkpoint, count steps on ``split`` and write ``out`` (PNG)."""
-    from transformer_graph.data.datasets import Dataset
-    from transformer_graph.experiment import build_experiment, load_trained
-
     model, cfg, vocabs, _ = load_trained(checkpoint)
     if cfg.model.kind != "universal":
         raise ValueError(f"{checkpoint}: model.kind is {cfg.model.kind!r}; step pictures need a "
@@ -143,27 +137,6 @@ def plot_checkpoint(checkpoint, out, *, split: str = "valid", limit: int | None 
     tables = step_table(model, dataset, exp.spec, batch_size=batch_size)
     history = act_history(Path(checkpoint).parent / "metrics.jsonl")
     fig = step_figure(tables, history, title=f"ACT steps, {cfg.data.task} {split} ({len(dataset)} pairs)")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    out = save_figure(fig, out, dpi=120)
     mean = {side: float((t * np.arange(1, t.shape[1] + 1)).sum() / max(t.sum(), 1)) for side, t in tables.items()}
     return {"out": str(out), "mean_steps": mean, "epochs_in_history": len(history)}
-
-
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description="Plot how many ACT steps each position of a Universal "
-                                             "Transformer takes.")
-    ap.add_argument("--checkpoint", required=True, help="RUN_DIR/best.pt (or last.pt) of a universal model")
-    ap.add_argument("--out", required=True, help="PNG file to write")
-    ap.add_argument("--split", default="valid", choices=("train", "valid", "test"))
-    ap.add_argument("--limit", type=int, help="use only the first N pairs of the split")
-    args = ap.parse_args(argv)
-    from transformer_graph.checkpoint import CheckpointError
-
-    try:
-        result = plot_checkpoint(args.checkpoint, args.out, split=args.split, limit=args.limit)
-    except (CheckpointError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2)
-    print(json.dumps(result))
-    return result

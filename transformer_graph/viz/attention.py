@@ -28,17 +28,19 @@ with ``weights_only=True``); :func:`write_animation` turns them into a GIF.
 """
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
 from transformer_graph.data.batch import make_batch
+from transformer_graph.data.datasets import Vocab
+from transformer_graph.data.text import task_tokenize
+from transformer_graph.files import atomic_torch_save
 from transformer_graph.graphs.build import KINDS, GraphSpec
+from transformer_graph.inference.decoding import greedy
 from transformer_graph.viz import figures as plots
 
 KIND_NAMES = {"enc": "encoder self-attention", "dec": "decoder self-attention",
@@ -112,7 +114,7 @@ class AttentionMaps:
                 "edges": {k: v.cpu() for k, v in self.edges.items()}}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "AttentionMaps":
+    def from_dict(cls, d: dict) -> AttentionMaps:
         return cls(list(d["src_tokens"]), list(d["tgt_tokens"]), list(d["tgt_out_tokens"]),
                    dict(d["weights"]), dict(d["edges"]))
 
@@ -138,8 +140,6 @@ def extract_attention(model, src_ids: Sequence[int], tgt_ids: Sequence[int], spe
     output). Token labels come from the vocabularies when given, else the ids.
     Works for any attention structure: node pairs without an edge get 0.
     """
-    from transformer_graph.data.datasets import Vocab
-
     src_ids, tgt_ids = [int(i) for i in src_ids], [int(i) for i in tgt_ids]
     if not src_ids:
         raise ValueError("src_ids: expected at least one source token, got none")
@@ -202,11 +202,8 @@ def text_attention(model, cfg, vocabs, text: str, spec: GraphSpec | None = None)
     """Attention on a raw source sentence: tokenised as the task's training data
     was, translated greedily (there is no reference), then run teacher-forced on
     (source, the model's own output)."""
-    from transformer_graph.inference.decoding import greedy
-    from transformer_graph.inference.evaluation import _tokenize
-
     src_vocab, tgt_vocab = vocabs
-    tokens = _tokenize(cfg, [text], cfg.data.src_lang)[0]
+    tokens = task_tokenize(cfg.data, [text], cfg.data.src_lang)[0]
     if not tokens:
         raise ValueError(f"text: {text!r} tokenises to nothing; expected a sentence with at least one token")
     src = src_vocab.encode(tokens)
@@ -271,12 +268,10 @@ def write_figures(maps: AttentionMaps, out_dir, *, layers: Sequence[int] | None 
 def save_snapshot(model, exp, viz, run_dir, epoch: int) -> Path:
     """Write ``RUN_DIR/attention/epoch{epoch}.pt`` for example ``viz.example`` of the
     valid split; unless ``viz.every_epoch``, earlier snapshots are removed."""
-    from transformer_graph.checkpoint import atomic_save
-
     maps = example_attention(model, exp, viz.example, "valid")
     folder = Path(run_dir) / SNAPSHOT_DIR
     path = folder / f"epoch{epoch}.pt"
-    atomic_save({"format": SNAPSHOT_FORMAT, "epoch": int(epoch), "split": "valid",
+    atomic_torch_save({"format": SNAPSHOT_FORMAT, "epoch": int(epoch), "split": "valid",
                  "example": int(viz.example), **maps.to_dict()}, path)
     if not viz.every_epoch:
         for old in folder.glob("epoch*.pt"):
@@ -335,72 +330,3 @@ def write_animation(run_dir, out, *, kind: str = "cross", layer: int = 0, head: 
                      fontsize=plots.FONT_SIZE + 2)
 
     return plots.animate(snaps, draw, out, size=size, fps=fps)
-
-
-# --------------------------------------------------------------------------
-# Command line (scripts/visualize.py)
-# --------------------------------------------------------------------------
-def main(argv=None) -> list[Path]:
-    ap = argparse.ArgumentParser(
-        description="Attention pictures of a trained model, or an animation of a run's attention snapshots.",
-        epilog="examples:\n"
-               "  visualize.py --checkpoint runs/copy/best.pt --example 0 --out figs/\n"
-               "  visualize.py --checkpoint runs/m30k/best.pt --text 'A man rides a bike.' --out figs/ --layer 2\n"
-               "  visualize.py --animate runs/copy --out copy.gif --kind cross --layer 0 --head 0",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", help="a checkpoint written by scripts/train.py (RUN_DIR/best.pt, ...)")
-    ap.add_argument("--example", type=int, help="index of the example in --split (teacher-forced on its reference)")
-    ap.add_argument("--split", default="valid", choices=("train", "valid", "test"))
-    ap.add_argument("--text", help="a raw source sentence; the target is the model's greedy output")
-    ap.add_argument("--animate", metavar="RUN_DIR", help="make a GIF of RUN_DIR/attention/epoch*.pt")
-    ap.add_argument("--out", required=True, help="output directory (figures) or .gif file (--animate)")
-    ap.add_argument("--layer", type=int, help="only this layer (default: every layer; 0 with --animate)")
-    ap.add_argument("--kind", nargs="+", choices=KINDS,
-                    help="attention kinds to draw (default: all three; cross with --animate)")
-    ap.add_argument("--head", type=int, default=0, help="head shown by --animate (default 0)")
-    ap.add_argument("--fps", type=float, default=2.0, help="frames per second of the GIF (default 2)")
-    args = ap.parse_args(argv)
-
-    if bool(args.animate) == bool(args.checkpoint):
-        ap.error("give either --checkpoint (with --example or --text) or --animate RUN_DIR")
-    if args.checkpoint and (args.example is None) == (args.text is None):
-        ap.error("--checkpoint needs exactly one of --example N or --text '...'")
-    from transformer_graph.checkpoint import CheckpointError
-    from transformer_graph.config import ConfigError
-
-    try:
-        if args.animate:
-            kinds = args.kind or ["cross"]
-            if len(kinds) != 1:
-                ap.error("--animate draws one --kind at a time")
-            path = write_animation(args.animate, args.out, kind=kinds[0], layer=args.layer or 0,
-                                   head=args.head, fps=args.fps)
-            n = len(load_snapshots(args.animate))
-            print(f"wrote {path} ({n} frame{'s' if n != 1 else ''})")
-            if n == 1:
-                print("note: only one snapshot; set viz.every_epoch: true to keep one per epoch", file=sys.stderr)
-            return [path]
-        from transformer_graph.experiment import build_experiment, graph_spec, load_trained
-
-        model, cfg, vocabs, _ = load_trained(args.checkpoint)
-        with torch.no_grad():  # a scoped switch: callers (and tests) keep their grad mode
-            if args.text is not None:
-                maps = text_attention(model, cfg, vocabs, args.text, graph_spec(cfg.model))
-                caption = "greedy output"
-                unk = sum(t == "<unk>" for t in _labels(vocabs[0], vocabs[0].encode(maps.src_tokens)))
-                if unk:
-                    print(f"note: {unk} source token(s) are not in the vocabulary (<unk>)", file=sys.stderr)
-            else:
-                exp = build_experiment(cfg, vocabs)
-                maps = example_attention(model, exp, args.example, args.split)
-                caption = f"{args.split} example {args.example}"
-        print("source:", " ".join(maps.src_tokens))
-        print("target:", " ".join(maps.tgt_out_tokens))
-        written = write_figures(maps, args.out, layers=None if args.layer is None else [args.layer],
-                                kinds=args.kind or KINDS, caption=caption)
-    except (ValueError, ConfigError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2)
-    for p in written:
-        print(f"wrote {p}")
-    return written

@@ -4,23 +4,30 @@ Nothing here knows about models or attention graphs; callers pass plain
 matrices and labels, so other pictures (e.g. the Universal Transformer's
 per-token step counts) can reuse them.
 
-Figures are built with :class:`matplotlib.figure.Figure` on an Agg canvas and
-never through ``pyplot``: no global figure registry, no GUI backend, nothing to
-close, and importing this module does not change the process-wide backend.
+Every figure of the project (attention maps, ACT pictures, the benchmark and
+ablation reports) starts at :func:`new_figure` and is written by
+:func:`save_figure`. They are built with :class:`matplotlib.figure.Figure` on
+an Agg canvas and never through ``pyplot``: no global figure registry, no GUI
+backend, nothing to close, and nothing here changes matplotlib's process-wide
+backend (``matplotlib.use``) for the rest of the program.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.animation import PillowWriter
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
+
+from transformer_graph.files import atomic_write_bytes
 
 CMAP = "viridis"          # perceptually uniform; 0 is dark, 1 is bright yellow
 MISSING_COLOR = "#d9d9d9"  # cells with no edge at all (sparse structures, future positions)
@@ -29,18 +36,23 @@ CELL_INCH = 0.22          # side of one heatmap cell, so labels of long sentence
 BIPARTITE_GAP_INCH = 1.8  # distance between the two node columns of a bipartite drawing
 
 
-def new_figure(width: float, height: float) -> Figure:
-    """A figure with an Agg canvas and constrained layout (keeps labels inside the image)."""
-    fig = Figure(figsize=(width, height), layout="constrained")
+def new_figure(width: float, height: float, layout: str = "constrained") -> Figure:
+    """A ``width`` x ``height`` inch figure on its own Agg canvas.
+
+    ``layout`` is matplotlib's layout engine: "constrained" (the default) keeps labels,
+    colorbars and titles inside the image; "tight" is ``tight_layout`` at every draw.
+    """
+    fig = Figure(figsize=(width, height), layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Render ``fig`` and write it atomically (format from the suffix, e.g. ``.png``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    return path
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def _title_width(title: str | None) -> float:
@@ -92,9 +104,7 @@ def draw_heatmap(ax, matrix, row_labels: Sequence[str], col_labels: Sequence[str
 
 
 def _colormap(name: str):
-    import matplotlib
-
-    return matplotlib.colormaps[name].with_extremes(bad=MISSING_COLOR)
+    return colormaps[name].with_extremes(bad=MISSING_COLOR)
 
 
 def heatmap_grid(matrices: Sequence, row_labels: Sequence[str], col_labels: Sequence[str], *,
