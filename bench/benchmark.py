@@ -11,9 +11,10 @@ written by :mod:`bench.report`):
 1. ``training``: tokens/s (source + target nodes) and peak memory of one
    optimizer step, graph model vs :class:`~transformer_graph.nn.dense.DenseTransformer`
    (same weights, same batches, same threads), float32 and bfloat16 autocast, at
-   several model sizes. The two models alternate within every repeat (graph
-   first in even repeats, dense first in odd ones), so slow drifts of the machine
-   hit both alike; the median over repeats is reported.
+   several model sizes, the graph model on each of ``--engines`` (rows ``graph``:
+   torch, ``graph_dgl``: dgl). The models take turns within every repeat (each
+   first in turn: with two, graph first in even repeats, dense first in odd ones),
+   so slow drifts of the machine hit all alike; the median over repeats is reported.
 2. ``decoding``: greedy and beam-5 sentences/s, graph incremental vs graph full
    recomputation vs dense full recomputation (``nn.TransformerDecoder`` has no
    key/value cache), all driven by the same beam search and the library's batching
@@ -57,7 +58,7 @@ from bench.options import BenchmarkError, BenchOptions, parse_options, size_conf
 from bench.outputs import OutputError, check_output_dir, inside_docs
 from bench.profiling import graph_index_bytes, peak_memory, top_ops
 from bench.report import markdown, write_results
-from bench.sections import ATTENTION_METHODS, DECODERS, MODELS, PRECISIONS, SECTIONS, output_names
+from bench.sections import ATTENTION_METHODS, DECODERS, ENGINE_MODELS, PRECISIONS, SECTIONS, output_names
 from transformer_graph.cli.errors import user_errors
 from transformer_graph.config import load_config
 from transformer_graph.data.datasets import SPECIALS, Batcher, DataError, Dataset, Vocab, collate
@@ -249,9 +250,25 @@ class TrainStep:
 
 
 def _forget_patterns(batches) -> None:
+    """Drop what the engines derived from the batches' graphs (the torch engine's CSR patterns,
+    the dgl engine's DGL views): the next step builds them, as a step on a fresh batch does."""
     for b in batches:
         for kind in KINDS:
-            csr.forget_patterns(getattr(b.graphs, kind))
+            graph = getattr(b.graphs, kind)
+            csr.forget_patterns(graph)
+            graph.derived.pop("dgl", None)
+
+
+class OnEngine:
+    """A :class:`TrainStep` of the graph model run on ``engine`` (the model's own engine is
+    restored after every step), so one model serves the rows of every engine."""
+
+    def __init__(self, step: TrainStep, engine: str):
+        self.step, self.engine = step, engine
+
+    def __call__(self, batch) -> float:
+        with using_engine(self.step.model, self.engine):
+            return self.step(batch)
 
 
 def _timed(fn: Callable[[], object]) -> float:
@@ -260,25 +277,31 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def _agreement(model, dense, batch, pad: int) -> dict:
+def _agreement(model, dense, batch, pad: int, engines: Sequence[str] = ("torch",)) -> dict:
     """Eval-mode losses of both models in both precisions on one batch (no dropout):
-    the graph and dense models must agree, bf16 must stay close to fp32."""
+    the graph model (on the torch engine, and on every other one of ``engines``) and the
+    dense model must agree, bf16 must stay close to fp32."""
     model.eval(), dense.eval()
     losses = {}
-    for name, m in (("graph", model), ("dense", dense)):
+    runs = [("graph", model, "torch"), *((ENGINE_MODELS[e], model, e) for e in engines if e != "torch"),
+            ("dense", dense, None)]
+    for name, m, engine in runs:
         for prec in PRECISIONS:
             # With gradients enabled, as in training: nn.TransformerEncoderLayer's
             # inference fast path (no_grad + eval) ignores autocast in torch 2.2.
-            with autocast(prec):
+            with autocast(prec), (using_engine(model, engine) if engine else nullcontext()):
                 logp = m(batch).detach()
             losses[f"{name}_{prec}"] = float(label_smoothed_loss(logp.float(), batch.labels, 0.0, pad)[0]
                                              / batch.labels.numel())
     model.train(), dense.train()
     rel = lambda a, b: abs(a - b) / max(abs(b), 1e-12)  # noqa: E731
-    return {"loss_per_token": losses,
-            "graph_vs_dense_fp32_rel": rel(losses["graph_fp32"], losses["dense_fp32"]),
-            "graph_bf16_vs_fp32_rel": rel(losses["graph_bf16"], losses["graph_fp32"]),
-            "dense_bf16_vs_fp32_rel": rel(losses["dense_bf16"], losses["dense_fp32"])}
+    out = {"loss_per_token": losses,
+           "graph_vs_dense_fp32_rel": rel(losses["graph_fp32"], losses["dense_fp32"]),
+           "graph_bf16_vs_fp32_rel": rel(losses["graph_bf16"], losses["graph_fp32"]),
+           "dense_bf16_vs_fp32_rel": rel(losses["dense_bf16"], losses["dense_fp32"])}
+    for name, _, engine in runs[1:-1]:   # the other engines: the same numbers as the torch engine
+        out[f"{name}_vs_graph_fp32_rel"] = rel(losses[f"{name}_fp32"], losses["graph_fp32"])
+    return out
 
 
 def bench_training(opts: BenchOptions, data: BenchData, log=print) -> dict:
@@ -300,37 +323,45 @@ def bench_training(opts: BenchOptions, data: BenchData, log=print) -> dict:
         entry = {"config": {k: v for k, v in model.config.items()},
                  "parameters": sum(p.numel() for p in model.parameters()),
                  "useful_train_flops": flops["graph"], "dense_executed_train_flops": flops["dense"],
-                 "agreement": _agreement(model, dense, batches[0], data.vocab.pad), "results": {}}
+                 "agreement": _agreement(model, dense, batches[0], data.vocab.pad, opts.engines), "results": {}}
         for prec in opts.precisions:
-            steps = {"graph": TrainStep(model, data.vocab.pad, prec), "dense": TrainStep(dense, data.vocab.pad, prec)}
+            steps = {ENGINE_MODELS[e]: OnEngine(TrainStep(model, data.vocab.pad, prec), e) for e in opts.engines}
+            steps["dense"] = TrainStep(dense, data.vocab.pad, prec)
+            names = list(steps)
             for step in steps.values():   # warm-up: allocator, oneDNN primitives, graph caches
                 step(batches[0])
-            times = {name: [] for name in MODELS}
+            times = {name: [] for name in names}
             for r in range(opts.repeats):
-                for name in (MODELS if r % 2 == 0 else MODELS[::-1]):
+                # Each model first in turn (with two: graph first in even repeats, dense in odd ones).
+                for name in names[r % len(names):] + names[:r % len(names)]:
                     step = steps[name]
                     _forget_patterns(batches)  # built inside the step, as on a fresh batch
                     times[name].append(_timed(lambda step=step: [step(b) for b in batches]))
-            for name in MODELS:
+            for name in names:
                 peaks, index_bytes = [], []
                 for b in batches[:opts.mem_batches]:
                     _forget_patterns([b])      # its CSR indices are then tensors of the step
                     _, mem = peak_memory(lambda step=steps[name], b=b: step(b))
                     peaks.append(mem.peak_bytes)
-                    if name == "graph":
+                    if name != "dense":
                         index_bytes.append(sum(graph_index_bytes(getattr(b.graphs, k)) for k in KINDS))
                 t = median(times[name])
                 entry["results"][f"{name}_{prec}"] = {
-                    "model": name, "precision": prec, "seconds": times[name], "median_s": t,
+                    "model": name, "precision": prec, "engine": getattr(steps[name], "engine", None),
+                    "seconds": times[name], "median_s": t,
                     "tokens_per_s": tokens / t, "step_ms": 1e3 * t / len(batches),
                     "peak_mb": (max(peaks) + max(index_bytes, default=0)) / MB,
                     "tensor_peak_mb": max(peaks) / MB, "graph_index_mb": max(index_bytes, default=0) / MB,
-                    "model_flops_per_s": flops["graph"] / t, "executed_flops_per_s": flops[name] / t}
-            g, d = entry["results"][f"graph_{prec}"], entry["results"][f"dense_{prec}"]
-            entry["results"][f"ratio_{prec}"] = {"speed_graph_over_dense": g["tokens_per_s"] / d["tokens_per_s"],
-                                                 "memory_graph_over_dense": g["peak_mb"] / d["peak_mb"]}
-            log(f"  training {size} {prec}: graph {g['tokens_per_s']:.0f} tok/s {g['peak_mb']:.0f} MB, "
-                f"dense {d['tokens_per_s']:.0f} tok/s {d['peak_mb']:.0f} MB")
+                    "model_flops_per_s": flops["graph"] / t, "executed_flops_per_s": flops["dense" if name == "dense" else "graph"] / t}
+            d, ratio = entry["results"][f"dense_{prec}"], {}
+            for name in names[:-1]:   # speed_graph_over_dense, speed_graph_dgl_over_dense, ...
+                g = entry["results"][f"{name}_{prec}"]
+                ratio[f"speed_{name}_over_dense"] = g["tokens_per_s"] / d["tokens_per_s"]
+                ratio[f"memory_{name}_over_dense"] = g["peak_mb"] / d["peak_mb"]
+            entry["results"][f"ratio_{prec}"] = ratio
+            log(f"  training {size} {prec}: " + ", ".join(
+                f"{name} {entry['results'][f'{name}_{prec}']['tokens_per_s']:.0f} tok/s "
+                f"{entry['results'][f'{name}_{prec}']['peak_mb']:.0f} MB" for name in names))
         out["sizes"][size] = entry
         del model, dense
     return out
@@ -643,7 +674,7 @@ def evaluate_targets(results: dict) -> list[dict]:
     if training:
         size = "multi30k_cpu" if "multi30k_cpu" in training["sizes"] else next(iter(training["sizes"]))
         for key, r in training["sizes"][size]["results"].items():
-            if key.startswith("ratio_"):
+            if key.startswith("ratio_") and "speed_graph_over_dense" in r:   # the torch engine's rows
                 prec = key.split("_", 1)[1]
                 s, m = r["speed_graph_over_dense"], r["memory_graph_over_dense"]
                 add(f"training tokens/s graph / dense ({size}, {prec})", ">= 1.0", s, s >= 1.0)

@@ -16,13 +16,14 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Optional, get_args, get_origin, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from bench.sections import PRECISIONS, SECTIONS, SIZE_NAMES
+from bench.sections import ENGINE_MODELS, PRECISIONS, SECTIONS, SIZE_NAMES
 from transformer_graph.config import ConfigError, ModelConfig, config_field, dataclass_from_dict, load_config
 from transformer_graph.data.datasets import SPECIALS
+from transformer_graph.graphs import _dgl
 
 COPY_CONFIG = "configs/copy.yaml"   # the "copy" model size
 DEFAULT_SOURCE = "benchmark options"
@@ -37,7 +38,7 @@ class BenchmarkError(ValueError):
 class BenchOptions:
     """Everything a benchmark run depends on (all recorded in the JSON).
 
-    ``Optional[X]``, not ``X | None``: the config engine reads ``typing.Union`` annotations."""
+    ``X | None`` for optional values, as in transformer_graph.config."""
 
     out: str = config_field("runs/bench", "Output directory of benchmark.md, benchmark.json and "
                             "figures/benchmark_*.png; docs/ only when named here, never with --quick.")
@@ -62,7 +63,10 @@ class BenchOptions:
                                     f"comma-separated from {', '.join(SIZE_NAMES)}.")
     precisions: list[str] = config_field(list(PRECISIONS), "Precisions of section 1 (fp32, bf16 autocast).",
                                          choices=PRECISIONS)
-    max_tokens: Optional[int] = config_field(None, "Token budget per training batch; null: the config's "  # noqa: UP045
+    engines: list[str] = config_field(["torch"], "Engines of section 1's graph model, comma-separated: "
+                                      "torch (rows 'graph') and/or dgl (rows 'graph_dgl'; needs DGL), each "
+                                      "beside the same dense baseline.", choices=tuple(ENGINE_MODELS))
+    max_tokens: int | None = config_field(None, "Token budget per training batch; null: the config's "
                                              "data.max_tokens.", min=1)
     train_batches: int = config_field(6, "Batches per timed training pass.", min=1)
     mem_batches: int = config_field(2, "Batches whose step memory is measured.", min=1)
@@ -71,7 +75,7 @@ class BenchOptions:
     decode_sentences: int = config_field(1000, "Test sentences decoded (1000: all of test2016).", min=1)
     decode_size: str = config_field("multi30k_cpu", "Model size decoded when no --checkpoint is given.")
     beams: list[int] = config_field([1, 5], "Beam sizes to decode with (1 is greedy).", min=1)
-    checkpoint: Optional[str] = config_field(None, "Trained checkpoint for section 2 (default: an untrained "  # noqa: UP045
+    checkpoint: str | None = config_field(None, "Trained checkpoint for section 2 (default: an untrained "
                                              "model of --decode-size).")
     # 3. attention
     attn_tokens: int = config_field(8192, "Tokens per attention batch (batch = tokens / length).", min=1)
@@ -87,7 +91,7 @@ class BenchOptions:
     ceiling_n: int = config_field(2048, "Matrix size n of the n x n ceiling product.", min=1)
     # 5. profile
     profile_size: str = config_field("multi30k_cpu", "Model size profiled.")
-    profile_threads: Optional[int] = config_field(1, "Threads while profiling; null: --threads.", min=1)  # noqa: UP045
+    profile_threads: int | None = config_field(1, "Threads while profiling; null: --threads.", min=1)
     profile_ops: int = config_field(15, "Top ops listed per profile.", min=1)
 
     @classmethod
@@ -127,9 +131,15 @@ def _cross_check(o: BenchOptions, src: Callable[..., str]) -> None:
     def bad(key: str, what: str) -> BenchmarkError:
         return BenchmarkError(f"{src(key)}: {key}: {what}")
 
-    for key in ("sections", "sizes", "precisions", "beams", "attn_lengths"):
+    for key in ("sections", "sizes", "precisions", "engines", "beams", "attn_lengths"):
         if not getattr(o, key):
             raise bad(key, "expected at least one value, got none")
+    if len(set(o.engines)) < len(o.engines):
+        raise bad("engines", f"expected each engine once, got {','.join(o.engines)}")
+    # Only when section 1 runs: a run of other sections on a stack without DGL stays possible.
+    if 1 in o.sections and "dgl" in o.engines and not _dgl.available():
+        raise bad("engines", f"'dgl' needs DGL, which cannot be imported here ({_dgl.why_unavailable()}); "
+                             f"install it with {_dgl.INSTALL_HINT} or leave dgl out (torch: the same results)")
     for key, names in (("sizes", o.sizes), ("decode_size", [o.decode_size]), ("profile_size", [o.profile_size])):
         for name in names:
             if name not in SIZE_NAMES:
@@ -183,7 +193,7 @@ def _parse_value(text: str, typ: Any) -> Any:
         (item,) = get_args(typ)
         parts = [p.strip() for p in text.split(",") if p.strip()]
         return parts if item is str else [_yaml_scalar(p) for p in parts]
-    if typ is str or typ == Optional[str]:  # noqa: UP045
+    if str in (typ, *get_args(typ)):   # str or str | None: the text as it is
         return text
     return _yaml_scalar(text)
 

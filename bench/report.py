@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.sections import ATTENTION_METHODS, DECODERS, FIG_DIR, JSON_NAME, MD_NAME, MODELS, PLOTTED, SECTIONS
+from bench.sections import (ATTENTION_METHODS, DECODERS, ENGINE_MODELS, FIG_DIR, JSON_NAME, MD_NAME, PLOTTED,
+                            SECTIONS)
 from transformer_graph.files import atomic_write_text
 from transformer_graph.viz.figures import new_figure, save_figure
 
-COLORS = {"graph": "#1f77b4", "dense": "#ff7f0e", "graph_incremental": "#1f77b4", "graph_recompute": "#9ecae1",
+COLORS = {"graph": "#1f77b4", "graph_dgl": "#31a354", "dense": "#ff7f0e", "graph_incremental": "#1f77b4", "graph_recompute": "#9ecae1",
           "dense_recompute": "#ff7f0e", "dense_sdpa": "#ff7f0e", "dense_masked": "#d62728",
           "graph_complete": "#9ecae1", "graph_window": "#1f77b4", "graph_complete_dgl": "#c7e9c0",
           "graph_window_dgl": "#31a354"}
@@ -77,25 +78,39 @@ def _training_md(t: dict) -> list[str]:
              f"longest source and target: {t['dense_padded_tokens']} padded positions, "
              f"{100 * t['padding_fraction']:.1f}% padding. Building a GraphBatch (ids, positions and the "
              f"three graphs) takes {t['collate_ms_per_batch']:.1f} ms per batch (not in the step times).", ""]
-    header = ["size", "precision", "graph tok/s", "dense tok/s", "graph / dense", "graph peak MB",
-              "dense peak MB", "graph / dense mem", "graph step ms", "dense step ms"]
+    # One column group per graph row (graph: the torch engine; graph_dgl: the dgl engine), each
+    # against the dense model measured beside it; with the torch engine alone, graph vs dense.
+    graphs = _graph_models(t)
+    header = ["size", "precision", *(f"{g} tok/s" for g in graphs), "dense tok/s", *(f"{g} / dense" for g in graphs),
+              *(f"{g} peak MB" for g in graphs), "dense peak MB", *(f"{g} / dense mem" for g in graphs),
+              *(f"{g} step ms" for g in graphs), "dense step ms"]
     rows, agree = [], []
+    others = [g for g in graphs if g != "graph"]
     for size, e in t["sizes"].items():
         for key, ratio in e["results"].items():
             if not key.startswith("ratio_"):
                 continue
             prec = key.split("_", 1)[1]
-            g, d = e["results"][f"graph_{prec}"], e["results"][f"dense_{prec}"]
-            rows.append([size, prec, g["tokens_per_s"], d["tokens_per_s"], ratio["speed_graph_over_dense"],
-                         g["peak_mb"], d["peak_mb"], ratio["memory_graph_over_dense"], g["step_ms"], d["step_ms"]])
+            gs, d = [e["results"][f"{g}_{prec}"] for g in graphs], e["results"][f"dense_{prec}"]
+            rows.append([size, prec, *(g["tokens_per_s"] for g in gs), d["tokens_per_s"],
+                         *(ratio[f"speed_{g}_over_dense"] for g in graphs), *(g["peak_mb"] for g in gs),
+                         d["peak_mb"], *(ratio[f"memory_{g}_over_dense"] for g in graphs),
+                         *(g["step_ms"] for g in gs), d["step_ms"]])
         a = e["agreement"]
         agree.append([size, e["parameters"], a["graph_vs_dense_fp32_rel"], a["graph_bf16_vs_fp32_rel"],
-                      a["dense_bf16_vs_fp32_rel"]])
+                      a["dense_bf16_vs_fp32_rel"], *(a.get(f"{g}_vs_graph_fp32_rel") for g in others)])
     lines += _table(header, rows)
     lines += ["Same weights, same first batch, eval mode: relative difference of the per-token loss.", ""]
-    lines += _table(["size", "parameters", "graph vs dense (fp32)", "graph bf16 vs fp32", "dense bf16 vs fp32"], agree)
+    lines += _table(["size", "parameters", "graph vs dense (fp32)", "graph bf16 vs fp32", "dense bf16 vs fp32",
+                     *(f"{g} vs graph (fp32)" for g in others)], agree)
     lines += ["![training](figures/benchmark_training.png)", ""]
     return lines
+
+
+def _graph_models(t: dict) -> list[str]:
+    """The graph rows section 1 measured (``graph``, ``graph_dgl``), in the order of ENGINE_MODELS."""
+    present = {r["model"] for e in t["sizes"].values() for k, r in e["results"].items() if not k.startswith("ratio_")}
+    return [m for m in ENGINE_MODELS.values() if m in present]
 
 
 def _decoding_md(d: dict) -> list[str]:
@@ -197,16 +212,16 @@ def markdown(results: dict) -> str:
 def plot_training(t: dict, path: Path) -> None:
     fig = new_figure(10, 4, layout="tight")
     ax_speed, ax_mem = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    labels, groups = [], []
+    labels, groups, models = [], [], [*_graph_models(t), "dense"]
     for size, e in t["sizes"].items():
         for key in e["results"]:
             if key.startswith("ratio_"):
                 prec = key.split("_", 1)[1]
                 labels.append(f"{size}\n{prec}")
-                groups.append({m: e["results"][f"{m}_{prec}"] for m in MODELS})
-    width = 0.38
-    for i, m in enumerate(MODELS):
-        xs = [j + (i - 0.5) * width for j in range(len(groups))]
+                groups.append({m: e["results"][f"{m}_{prec}"] for m in models})
+    width = 0.76 / len(models)
+    for i, m in enumerate(models):
+        xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(groups))]
         ax_speed.bar(xs, [g[m]["tokens_per_s"] for g in groups], width, label=m, color=COLORS[m])
         ax_mem.bar(xs, [g[m]["peak_mb"] for g in groups], width, label=m, color=COLORS[m])
     for ax, title in ((ax_speed, "training tokens/s (higher is better)"), (ax_mem, "peak step memory, MB")):

@@ -345,7 +345,7 @@ def test_describe_mentions_every_field():
     keys = list(leaf_keys(Config))
     assert len(keys) > 60
     for key, f in keys:
-        line = next((l for l in text.splitlines() if l.strip().startswith(key + " (")), None)
+        line = next((ln for ln in text.splitlines() if ln.strip().startswith(key + " (")), None)
         assert line is not None, key
         assert f.metadata["doc"] in line
     assert "model.layers (int, default 6): " in text

@@ -6,6 +6,7 @@ sentences at most) so the whole file takes seconds on one CPU thread.
 from __future__ import annotations
 
 import json
+import pickle
 import math
 import os
 import subprocess
@@ -328,7 +329,7 @@ def test_atomic_save_failure_keeps_old_file_and_leaves_no_temp(tmp_path):
     path = tmp_path / "last.pt"
     save_checkpoint(path, step=1)
     old = path.read_bytes()
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.PicklingError):
         atomic_save({"bad": lambda: 0}, path)  # a lambda cannot be pickled: fails mid-write
     assert path.read_bytes() == old
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

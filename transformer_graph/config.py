@@ -24,6 +24,7 @@ config file or on the command line points at the file (or the --set) and key.
 from __future__ import annotations
 
 import copy
+import types
 import difflib
 import math
 import operator
@@ -32,7 +33,8 @@ import reprlib
 import warnings
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
+from collections.abc import Callable, Iterable
 
 import yaml
 
@@ -85,20 +87,20 @@ class ModelConfig:
     kind: str = _field("standard", "'standard' stack of distinct layers, or 'universal' (one shared layer "
                        "applied recurrently with adaptive halting).", choices=("standard", "universal"))
     layers: int = _field(6, "Encoder layers (and decoder layers unless decoder_layers is set).", min=1)
-    decoder_layers: Optional[int] = _field(None, "Decoder layers; null means the same as layers.", min=1)
+    decoder_layers: int | None = _field(None, "Decoder layers; null means the same as layers.", min=1)
     d_model: int = _field(512, "Width of the token (node) representations.", min=1)
     d_ff: int = _field(2048, "Hidden width of the position-wise feed-forward network.", min=1)
     heads: int = _field(8, "Attention heads; must divide d_model.", min=1)
     dropout: float = _field(0.1, "Dropout on embeddings and sublayer outputs.", min=0, lt=1)
-    attn_dropout: Optional[float] = _field(None, "Dropout on attention weights; null means the same as dropout.",
+    attn_dropout: float | None = _field(None, "Dropout on attention weights; null means the same as dropout.",
                                            min=0, lt=1)
     norm_first: bool = _field(True, "Pre-norm (LayerNorm before each sublayer) instead of the paper's post-norm.")
     share_embeddings: bool = _field(False, "One embedding table for source and target (needs a joint vocabulary).")
-    tie_generator: Optional[bool] = _field(None, "Tie the output projection to the target embedding; null means "
+    tie_generator: bool | None = _field(None, "Tie the output projection to the target embedding; null means "
                                            "tie exactly when embeddings are shared.")
     max_len: int = _field(512, "Longest sequence the positional-encoding table covers; the table of "
                           "max_len x d_model floats may hold at most 2**28 entries (1 GiB).", min=1)
-    embed_init_std: Optional[float] = _field(None, "Std of a normal init for token embeddings; null means "
+    embed_init_std: float | None = _field(None, "Std of a normal init for token embeddings; null means "
                                              "Xavier like every other matrix.", gt=0)
     aggregator: str = _field("attention", "How a node combines its incoming messages: attention (softmax of "
                              "q.k), mean (fully connected GCN, 1/in-degree) or gat (additive GAT scores).",
@@ -122,7 +124,7 @@ class DataConfig:
     length_mean: float = _field(15.0, "Mean length of synthetic sequences.", gt=0)
     length_std: float = _field(3.0, "Standard deviation of synthetic sequence lengths.", min=0)
     alphabet: str = _field("abcdefghijklmnopqrstuvwxyz", "Symbols of synthetic sequences.")
-    path: Optional[str] = _field(None, "Data directory for the parallel/multi30k tasks.")
+    path: str | None = _field(None, "Data directory for the parallel/multi30k tasks.")
     src_lang: str = _field("en", "Source-language file suffix.")
     tgt_lang: str = _field("de", "Target-language file suffix.")
     train_prefix: str = _field("train", "File prefix of the training split ({prefix}.{lang}).")
@@ -136,7 +138,7 @@ class DataConfig:
     joint_vocab: bool = _field(False, "One vocabulary built from both languages.")
     lowercase: bool = _field(False, "Lowercase text before tokenizing.")
     batch_size: int = _field(128, "Sentences per batch.", min=1)
-    max_tokens: Optional[int] = _field(None, "Token budget per batch; when set it takes precedence over batch_size.",
+    max_tokens: int | None = _field(None, "Token budget per batch; when set it takes precedence over batch_size.",
                                        min=1)
     bucket: bool = _field(True, "Batch sentences of similar length together.")
 
@@ -149,24 +151,24 @@ class OptimConfig:
     eps: float = _field(1e-9, "Adam epsilon.", gt=0)
     weight_decay: float = _field(0.0, "Decoupled (AdamW) weight decay.", min=0)
     label_smoothing: float = _field(0.0, "Label smoothing of the training loss.", min=0, lt=1)
-    clip_grad: Optional[float] = _field(None, "Clip the gradient norm to this; null means no clipping.", gt=0)
+    clip_grad: float | None = _field(None, "Clip the gradient norm to this; null means no clipping.", gt=0)
     accum_steps: int = _field(1, "Batches whose gradients are summed per optimizer step.", min=1)
 
 
 @dataclass
 class TrainConfig:
     max_epochs: int = _field(4, "Epochs to train.", min=1)
-    max_steps: Optional[int] = _field(None, "Stop after this many optimizer steps; null means no limit.", min=0)
-    max_time: Optional[float] = _field(None, "Stop after this many seconds; null means no limit.", gt=0)
+    max_steps: int | None = _field(None, "Stop after this many optimizer steps; null means no limit.", min=0)
+    max_time: float | None = _field(None, "Stop after this many seconds; null means no limit.", gt=0)
     seed: int = _field(1234, "Seed for model initialisation, dropout and shuffling.")
     device: str = _field("cpu", "Where to train; 'auto' picks cuda when available.", choices=("cpu", "cuda", "auto"))
-    threads: Optional[int] = _field(None, "torch CPU threads; null leaves torch's default.", min=1)
+    threads: int | None = _field(None, "torch CPU threads; null leaves torch's default.", min=1)
     bf16: bool = _field(False, "bfloat16 autocast.")
     engine: str = _field("auto", "Who computes phi and □: 'dgl' (DGL's u_dot_v/edge_softmax/u_mul_e_sum, the "
                          "reference; needs the dgl extra), 'torch' (the same in PyTorch: sparse CSR on CPU, any "
                          "torch, no DGL) or 'auto' (dgl where DGL can be imported, else torch).",
                          choices=("auto", "dgl", "torch"))
-    kernels: Optional[str] = _field(None, "Deprecated, use train.engine: 'sparse' means engine 'torch'; 'dgl' "
+    kernels: str | None = _field(None, "Deprecated, use train.engine: 'sparse' means engine 'torch'; 'dgl' "
                                     "(the old default, in every config saved before) means 'auto': DGL's "
                                     "kernels where DGL is installed.", choices=("dgl", "sparse"))
     tune_malloc: bool = _field(True, "Tune glibc's allocator for training (train/malloc.py): freed large blocks are "
@@ -176,10 +178,10 @@ class TrainConfig:
                                "+3%); the copy task with an 8000-symbol vocabulary, 60 steps, wall time x0.75 "
                                "(peak +14%).")
     log_every: int = _field(50, "Log training loss every this many steps.", min=1)
-    save_every_steps: Optional[int] = _field(None, "Also write last.pt every this many optimizer steps inside an "
+    save_every_steps: int | None = _field(None, "Also write last.pt every this many optimizer steps inside an "
                                              "epoch (a kill loses at most these steps); null means no step "
                                              "count.", min=1)
-    save_every_minutes: Optional[float] = _field(10.0, "Also write last.pt when this many minutes of training "
+    save_every_minutes: float | None = _field(10.0, "Also write last.pt when this many minutes of training "
                                                  "passed since the last save (a kill loses at most these "
                                                  "minutes); null means only at epoch ends and stops.", gt=0)
     keep_last: int = _field(1, "Epoch checkpoints kept on disk.", min=1)
@@ -194,13 +196,13 @@ class EvalConfig:
     max_len_b: int = _field(10, "Max decode length = max_len_a * src_len + max_len_b.", min=0)
     bleu: bool = _field(False, "Compute validation BLEU each epoch.")
     exact_match: bool = _field(True, "Report the fraction of exactly reproduced targets.")
-    max_valid_sentences: Optional[int] = _field(None, "Decode only the first N validation sentences; null means all.",
+    max_valid_sentences: int | None = _field(None, "Decode only the first N validation sentences; null means all.",
                                                 min=1)
 
 
 @dataclass
 class VizConfig:
-    example: Optional[int] = _field(None, "Index into the valid split whose attention is snapshotted each epoch.",
+    example: int | None = _field(None, "Index into the valid split whose attention is snapshotted each epoch.",
                                     min=0)
     every_epoch: bool = _field(False, "Keep an attention figure for every epoch instead of only the latest.")
 
@@ -263,16 +265,21 @@ def _range_phrase(typ: type, meta: dict) -> str:
     return _TYPE_NAMES[typ]
 
 
+def is_optional(typ: Any) -> bool:
+    """Whether ``typ`` is ``X | None`` (written either way: ``Optional[X]`` or ``X | None``)."""
+    return get_origin(typ) in (Union, types.UnionType) and type(None) in get_args(typ)
+
+
 def _non_null(typ: Any) -> Any:
-    """X for Optional[X], else typ itself."""
-    return next(a for a in get_args(typ) if a is not type(None)) if get_origin(typ) is Union else typ
+    """X for X | None, else typ itself."""
+    return next(a for a in get_args(typ) if a is not type(None)) if is_optional(typ) else typ
 
 
 def _convert(value: Any, typ: Any, meta: dict, key: str, src) -> Any:
     """Check one value against its annotation and rules; return it normalised
     (ints become floats in float fields). ``src(key)`` names where it came from."""
     null = ""
-    if get_origin(typ) is Union:  # Optional[X]: null means "not set"
+    if is_optional(typ):  # X | None: null means "not set"
         if value is None:
             return None
         typ, null = _non_null(typ), " or null"
@@ -398,7 +405,7 @@ def _apply_override(raw: dict, key: str, value: Any, file_source: str, source: s
 
 # --------------------------------------------------------------------------- public API
 
-def config_from_dict(d: Optional[dict], source: str = "<dict>", overrides: Iterable[str] = ()) -> Config:
+def config_from_dict(d: dict | None, source: str = "<dict>", overrides: Iterable[str] = ()) -> Config:
     """Validate a plain mapping (as loaded from YAML) into a Config, after
     applying ``overrides`` ("dotted.key=value" strings). ``source`` names the
     mapping's origin in error messages."""
@@ -427,7 +434,7 @@ def config_from_dict(d: Optional[dict], source: str = "<dict>", overrides: Itera
     return cfg
 
 
-def dataclass_from_dict(cls: type, d: Optional[dict], source: Union[str, Callable[..., str]] = "<dict>") -> Any:
+def dataclass_from_dict(cls: type, d: dict | None, source: str | Callable[..., str] = "<dict>") -> Any:
     """Validate a plain mapping into any dataclass declared like the sections above (annotations
     and ``config_field`` rules), with the checks and messages of :func:`config_from_dict`.
 
@@ -463,7 +470,7 @@ def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506  (a SafeLoader subclass)
 
 
-def load_config(path: Union[str, Path], overrides: Iterable[str] = ()) -> Config:
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     """Read a YAML config file, apply ``overrides`` and validate everything."""
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -485,13 +492,13 @@ def config_to_dict(cfg: Config) -> dict:
     return asdict(cfg)
 
 
-def save_config(cfg: Config, path: Union[str, Path]) -> None:
+def save_config(cfg: Config, path: str | Path) -> None:
     """Write the effective config as YAML; ``load_config(path) == cfg``."""
     atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))  # a kill never leaves half
 
 
 def _type_name(typ: Any) -> str:
-    if get_origin(typ) is Union:
+    if is_optional(typ):
         return f"{_type_name(_non_null(typ))} or null"
     return getattr(typ, "__name__", None) if get_origin(typ) is None else repr(typ)
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformer_graph.config import Config, DataConfig, ModelConfig
+from transformer_graph.checkpoint import CheckpointError, load_checkpoint
+from transformer_graph.config import Config, DataConfig, ModelConfig, config_from_dict
 from transformer_graph.data.datasets import Dataset, Vocab, build_vocabs, filter_pairs, load_parallel_dir, load_task
+from transformer_graph.data.multi30k import load_multi30k
 from transformer_graph.graphs.build import GraphSpec
+from transformer_graph.graphs.structures import spec_from_config
 from transformer_graph.message_passing.base import set_engine
 from transformer_graph.nn import MODELS
 
@@ -40,7 +43,6 @@ def load_token_splits(data: DataConfig) -> dict:
                          valid_size=data.valid_size, test_size=data.test_size,
                          length_mean=data.length_mean, length_std=data.length_std, alphabet=data.alphabet)
     if data.task == "multi30k":
-        from transformer_graph.data.multi30k import load_multi30k  # sacremoses is only needed for this task
         return load_multi30k(data.path, src_lang=data.src_lang, tgt_lang=data.tgt_lang)
     prefixes = {"train": data.train_prefix, "valid": data.valid_prefix, "test": data.test_prefix}
     return load_parallel_dir(data.path, data.src_lang, data.tgt_lang, prefixes, lowercase=data.lowercase)
@@ -49,8 +51,6 @@ def load_token_splits(data: DataConfig) -> dict:
 def graph_spec(model: ModelConfig) -> GraphSpec:
     """The attention structures named in the config, with their parameters (window, ...)
     applied (see :mod:`transformer_graph.graphs.structures`); unknown names raise ConfigError."""
-    from transformer_graph.graphs.structures import spec_from_config
-
     return spec_from_config(model.structure)
 
 
@@ -93,9 +93,6 @@ def load_trained(path, map_location="cpu", engine: str | None = None):
     The model runs on the engine its config names (``train.engine``), or on ``engine`` when
     given (the engines compute the same results; e.g. 'torch' where DGL is not installed);
     loading never changes any other model's engine."""
-    from transformer_graph.checkpoint import CheckpointError, load_checkpoint
-    from transformer_graph.config import config_from_dict
-
     ckpt = load_checkpoint(path, map_location)
     try:
         cfg = config_from_dict(ckpt["config"], source=f"{path} (saved config)")

@@ -11,7 +11,7 @@ the model evaluation differs.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -65,12 +65,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
-from transformer_graph.checkpoint import last_checkpoint_status
+from transformer_graph.checkpoint import last_checkpoint_status, set_rng_state
+from transformer_graph.data.datasets import Dataset
+from transformer_graph.inference.evaluation import decode_dataset, evaluate_loss
 from transformer_graph.seeds import derive_seed
 from transformer_graph.train.device import resolve_device
 
@@ -334,8 +338,6 @@ def wrap_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     even after a resume. ``broadcast_buffers=False``: the model's only buffer
     is the fixed positional table, re-sending it every forward would be waste.
     """
-    from torch.nn.parallel import DistributedDataParallel
-
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids, output_device=device.index if ids else None,
                                    broadcast_buffers=False)
@@ -383,8 +385,6 @@ def restore_rank_rng(ckpt: dict, rank: int, world_size: int, seed: int, step: in
     one process). Another world size: the saved states do not map onto the new
     ranks, so every rank reseeds from ``(seed, rank, step)``.
     """
-    from transformer_graph.checkpoint import set_rng_state
-
     old_world = int(ckpt.get("world_size", 1))
     if old_world == world_size == 1:
         set_rng_state(ckpt["rng"])
@@ -413,9 +413,6 @@ def sharded_evaluate_loss(comm: Collectives, model, dataset, spec, **kwargs) -> 
     turned into the same means a single process computes (a pair's scores do
     not depend on its batch-mates: the graph model has no padding).
     """
-    from transformer_graph.data.datasets import Dataset
-    from transformer_graph.inference.evaluation import evaluate_loss
-
     idx = shard_indices([len(s) + len(t) for s, t in dataset.pairs], comm.rank, comm.world_size)
     sums = [0.0, 0.0, 0.0, 0.0]
     if idx:
@@ -432,8 +429,6 @@ def sharded_evaluate_loss(comm: Collectives, model, dataset, spec, **kwargs) -> 
 def sharded_decode(comm: Collectives, model, src_seqs: Sequence[Sequence[int]], spec, **kwargs) -> list:
     """:func:`~transformer_graph.inference.evaluation.decode_dataset` split over ranks; every rank gets all
     hypotheses, in the order of ``src_seqs``."""
-    from transformer_graph.inference.evaluation import decode_dataset
-
     idx = shard_indices([len(s) for s in src_seqs], comm.rank, comm.world_size)
     hyps = decode_dataset(model, [src_seqs[i] for i in idx], spec, **kwargs) if idx else []
     out: list = [None] * len(src_seqs)
@@ -446,8 +441,6 @@ def sharded_decode(comm: Collectives, model, src_seqs: Sequence[Sequence[int]], 
 def evaluators(comm: Collectives) -> tuple[Callable, Callable]:
     """``(evaluate_loss, decode_dataset)`` as the trainer should call them: sharded over the
     process group when there is one, the plain functions otherwise."""
-    from transformer_graph.inference.evaluation import decode_dataset, evaluate_loss
-
     if not comm.active:
         return evaluate_loss, decode_dataset
     return partial(sharded_evaluate_loss, comm), partial(sharded_decode, comm)
