@@ -329,7 +329,7 @@ def test_atomic_save_failure_keeps_old_file_and_leaves_no_temp(tmp_path):
     path = tmp_path / "last.pt"
     save_checkpoint(path, step=1)
     old = path.read_bytes()
-    with pytest.raises(pickle.PicklingError):
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # which one depends on the torch release
         atomic_save({"bad": lambda: 0}, path)  # a lambda cannot be pickled: fails mid-write
     assert path.read_bytes() == old
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from transformer_graph.files import atomic_write_text
 from transformer_graph.cli.errors import command, readable_warnings
 from transformer_graph.cli.help import make_parser
 from transformer_graph.inference.evaluation import evaluate_checkpoint
@@ -59,7 +60,7 @@ def run(argv: list[str] | None = None) -> dict:
         print(f"{k:<16} {v:.4f}" if isinstance(v, float) else f"{k:<16} {v}")
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(json_out, json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -123,6 +123,9 @@ class Trainer:
             from transformer_graph.viz.attention import check_example  # noqa: PLC0415  (matplotlib: viz runs only)
             check_example(self.exp, cfg.viz.example, "valid")
         self.model = build_model(cfg.model, len(self.exp.src_vocab), len(self.exp.tgt_vocab)).to(self.device)
+        # The model itself, unwrapped once: self.model becomes the DDP wrapper under torchrun,
+        # while saving, averaging, pictures and model hooks want the module it wraps.
+        self.raw_model = self.model
         set_engine(self.model, t.engine, "train.engine")  # this model's engine; no other model changes
         if world_size > 1:  # same initial weights everywhere (seeded above), dropout differs per rank
             seed_rank(t.seed, rank)
@@ -207,7 +210,7 @@ class Trainer:
         self.writer.flush()
 
     def checkpoint_state(self) -> dict:
-        model = getattr(self.model, "module", self.model)
+        model = self.raw_model
         return dict(model=model.state_dict(), optimizer=self.optimizer.state_dict(),
                     scheduler=self.scheduler.state_dict(), rng=rng_state(),
                     progress=vars(self.progress).copy(), config=config_to_dict(self.cfg),
@@ -371,7 +374,7 @@ class Trainer:
                 main = loss if denoms is None else loss_sum / denoms[i]
                 # A loss term the model computes in its forward pass (the Universal Transformer's
                 # weighted ACT ponder cost, see transformer_graph.nn.universal); None for others.
-                aux = getattr(getattr(self.model, "module", self.model), "aux_loss", None)
+                aux = getattr(self.raw_model, "aux_loss", None)
                 ((main if aux is None else main + aux) / len(group)).backward()
             total_loss += float(loss_sum)
             total_tokens += ntok
@@ -390,7 +393,7 @@ class Trainer:
     def validate(self) -> dict:
         """Validation metrics; ``score`` is what best.pt is chosen by (higher is better)."""
         cfg, exp = self.cfg, self.exp
-        model = getattr(self.model, "module", self.model)
+        model = self.raw_model
         valid = exp.splits["valid"]
         if len(valid) == 0:
             return {}
@@ -421,7 +424,7 @@ class Trainer:
         valid = self.validate()  # all ranks take part (sharded under torchrun) and get the same metrics
         self.log("epoch", **{f"train_{k}": v for k, v in train_metrics.items()},
                  **{f"valid_{k}": v for k, v in valid.items()})
-        pop_act = getattr(getattr(self.model, "module", self.model), "pop_act_stats", None)
+        pop_act = getattr(self.raw_model, "pop_act_stats", None)
         if pop_act is not None:  # Universal Transformer: fraction of nodes entering each step this epoch
             self.log("act", **pop_act())
         p.history.append({"epoch": p.epoch + 1, "step": p.step, "time": round(p.elapsed, 1),
@@ -439,7 +442,7 @@ class Trainer:
             # Attention of the chosen example, for scripts/visualize.py --animate (no RNG used); before
             # the checkpoint, so a kill in between redoes this epoch rather than skipping its picture.
             from transformer_graph.viz.attention import save_snapshot  # noqa: PLC0415  (matplotlib: viz runs only)
-            save_snapshot(getattr(self.model, "module", self.model), self.exp, self.cfg.viz, self.run_dir, p.epoch)
+            save_snapshot(self.raw_model, self.exp, self.cfg.viz, self.run_dir, p.epoch)
         self.gather_rng()
         self._saved_at = p.elapsed
         if self.is_main:
@@ -474,7 +477,7 @@ class Trainer:
         states = [load_checkpoint(q)["model"] for q in paths]
         # Tied weights (shared embeddings, generator) appear under several keys of one
         # storage: average each storage once and keep the sharing, so the file is no bigger.
-        ref = getattr(self.model, "module", self.model).state_dict()
+        ref = self.raw_model.state_dict()
         by_storage: dict = {}
         avg = {}
         for k, t in states[0].items():
