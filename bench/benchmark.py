@@ -5,7 +5,7 @@ Run from the checkout: ``python -m bench.benchmark [--quick] [--sections 1,2] [-
 :mod:`bench.options`). Results go to ``runs/bench/`` unless ``--out`` names another directory,
 ``docs`` included; files of an earlier run there are replaced only with ``--force``.
 
-Five sections, each a function returning plain JSON-able data (the report is
+Six sections, each a function returning plain JSON-able data (the report is
 written by :mod:`bench.report`):
 
 1. ``training``: tokens/s (source + target nodes) and peak memory of one
@@ -17,7 +17,9 @@ written by :mod:`bench.report`):
    so slow drifts of the machine hit all alike; the median over repeats is reported.
 2. ``decoding``: greedy and beam-5 sentences/s, graph incremental vs graph full
    recomputation vs dense full recomputation (``nn.TransformerDecoder`` has no
-   key/value cache), all driven by the same beam search and the library's batching
+   key/value cache) vs the dense layers with their own key/value caches
+   (:class:`~transformer_graph.inference.dense_decoding.DenseKVState`), all driven by
+   the same beam search and the library's batching
    (:func:`~transformer_graph.inference.evaluation.decode_dataset`).
 3. ``attention``: attention alone, forward + backward, vs sequence length at a
    fixed number of tokens per batch: dense ``scaled_dot_product_attention``
@@ -26,6 +28,8 @@ written by :mod:`bench.report`):
 4. ``ceiling``: the machine's float32 and bfloat16 matrix-product FLOP/s, measured
    in the same run, and the model FLOP/s of section 1 as a fraction of them.
 5. ``profile``: the top ops of one training step (torch.profiler), graph and dense.
+6. ``peer``: DGL's own Transformer example trained on the copy task beside the graph model,
+   same batches, 1 thread (:mod:`bench.peer`); only with ``--peer-dir``, else skipped.
 
 Times are wall-clock (``time.perf_counter``) with ``torch.set_num_threads``
 fixed for the whole run; memory is measured as described in
@@ -34,11 +38,15 @@ the meaning of every number.
 """
 from __future__ import annotations
 
+import inspect
+import json
 import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -65,12 +73,12 @@ from transformer_graph.data.datasets import SPECIALS, Batcher, DataError, Datase
 from transformer_graph.experiment import build_experiment, build_model, graph_spec, load_trained
 from transformer_graph.graphs.build import KINDS, batch_graph, complete
 from transformer_graph.graphs.structures import make_structure
-from transformer_graph.inference.dense_decoding import DenseRecomputeState
+from transformer_graph.inference.dense_decoding import DenseKVState, DenseRecomputeState
 from transformer_graph.inference.evaluation import decode_dataset
 from transformer_graph.message_passing import csr, resolve_engine, set_engine, using_engine
 from transformer_graph.message_passing.attention import GraphAttention
 from transformer_graph.nn.dense import DenseTransformer
-from transformer_graph.nn.loss import label_smoothed_loss
+from transformer_graph.nn.loss import label_smoothed_loss, label_smoothed_loss_from_logits
 from transformer_graph.train.malloc import malloc_settings, tune_malloc
 
 MB = 2 ** 20
@@ -229,12 +237,24 @@ def median(xs: Sequence[float]) -> float:
 # --------------------------------------------------------------------------
 # 1. Training
 # --------------------------------------------------------------------------
+def takes_logits(model) -> bool:
+    """Whether ``model(batch, logits=True)`` returns the generator's logits (the graph models do;
+    the dense wrapper returns log-probabilities only)."""
+    return "logits" in inspect.signature(model.forward).parameters
+
+
 class TrainStep:
     """One optimizer step as the trainer takes it: forward under autocast, the
-    label-smoothed loss in float32, backward, Adam."""
+    label-smoothed loss in float32, backward, Adam.
 
-    def __init__(self, model, pad: int, precision: str, label_smoothing: float = 0.1):
+    ``fused`` (default: whenever the model can give logits): the loss from logits with the
+    log-softmax fused in, as the trainer computes it; otherwise the model's log-probabilities
+    and :func:`label_smoothed_loss` (the dense baseline, and the A/B of the fused loss)."""
+
+    def __init__(self, model, pad: int, precision: str, label_smoothing: float = 0.1,
+                 fused: bool | None = None):
         self.model, self.pad, self.precision, self.eps = model.train(), pad, precision, label_smoothing
+        self.fused = takes_logits(model) if fused is None else fused
         # Parameters the model does not use (the dense wrapper holds the graph model's
         # layers) never get a gradient, so Adam keeps no state for them.
         self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
@@ -242,11 +262,15 @@ class TrainStep:
     def __call__(self, batch) -> float:
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.precision):
-            logp = self.model(batch)
-        loss_sum, _ = label_smoothed_loss(logp.float(), batch.labels, self.eps, self.pad)
+            out = self.model(batch, logits=True) if self.fused else self.model(batch)
+        if self.fused:
+            loss_sum, _ = label_smoothed_loss_from_logits(out, batch.labels, self.eps, self.pad)
+        else:
+            loss_sum, _ = label_smoothed_loss(out.float(), batch.labels, self.eps, self.pad)
+        del out
         (loss_sum / batch.labels.numel()).backward()
         self.optimizer.step()
-        return float(loss_sum)
+        return float(loss_sum.detach())   # torch 2.13 warns on float() of a tensor that needs grad
 
 
 def _forget_patterns(batches) -> None:
@@ -299,7 +323,7 @@ def _agreement(model, dense, batch, pad: int, engines: Sequence[str] = ("torch",
            "graph_vs_dense_fp32_rel": rel(losses["graph_fp32"], losses["dense_fp32"]),
            "graph_bf16_vs_fp32_rel": rel(losses["graph_bf16"], losses["graph_fp32"]),
            "dense_bf16_vs_fp32_rel": rel(losses["dense_bf16"], losses["dense_fp32"])}
-    for name, _, engine in runs[1:-1]:   # the other engines: the same numbers as the torch engine
+    for name, _, _engine in runs[1:-1]:   # the other engines: the same numbers as the torch engine
         out[f"{name}_vs_graph_fp32_rel"] = rel(losses[f"{name}_fp32"], losses["graph_fp32"])
     return out
 
@@ -352,7 +376,8 @@ def bench_training(opts: BenchOptions, data: BenchData, log=print) -> dict:
                     "tokens_per_s": tokens / t, "step_ms": 1e3 * t / len(batches),
                     "peak_mb": (max(peaks) + max(index_bytes, default=0)) / MB,
                     "tensor_peak_mb": max(peaks) / MB, "graph_index_mb": max(index_bytes, default=0) / MB,
-                    "model_flops_per_s": flops["graph"] / t, "executed_flops_per_s": flops["dense" if name == "dense" else "graph"] / t}
+                    "model_flops_per_s": flops["graph"] / t,
+                    "executed_flops_per_s": flops["dense" if name == "dense" else "graph"] / t}
             d, ratio = entry["results"][f"dense_{prec}"], {}
             for name in names[:-1]:   # speed_graph_over_dense, speed_graph_dgl_over_dense, ...
                 g = entry["results"][f"{name}_{prec}"]
@@ -391,17 +416,22 @@ def bench_decoding(opts: BenchOptions, data: BenchData, log=print) -> dict:
     v = data.vocab
     kw = dict(sos=v.sos, eos=v.eos, alpha=ev.alpha, max_len_a=ev.max_len_a, max_len_b=ev.max_len_b)
     dense_state = lambda _model, seqs, _spec, device: DenseRecomputeState(dense, seqs, device)
+    kv_state = {beam: (lambda _model, seqs, _spec, device, beam=beam:
+                       DenseKVState(dense, seqs, device, max_hyps=len(seqs) * beam)) for beam in opts.beams}
     # All three through the library's length-sorted batching, as `evaluate` decodes a test set.
     decoders = {
         "graph_incremental": lambda s, beam: decode_dataset(model, s, spec, beam=beam, incremental=True, **kw),
         "graph_recompute": lambda s, beam: decode_dataset(model, s, spec, beam=beam, incremental=False, **kw),
         "dense_recompute": lambda s, beam: decode_dataset(model, s, spec, beam=beam, state_factory=dense_state,
                                                           **kw),
+        "dense_kv": lambda s, beam: decode_dataset(model, s, spec, beam=beam, state_factory=kv_state[beam], **kw),
     }
     src = data.test_src
     out = {"model": what, "sentences": len(src), "source_tokens": sum(map(len, src)),
            "settings": {"alpha": ev.alpha, "max_len_a": ev.max_len_a, "max_len_b": ev.max_len_b},
-           "dense_method": "full recomputation of every prefix (nn.TransformerDecoder has no key/value cache)",
+           "dense_method": "dense_recompute: full recomputation of every prefix (nn.TransformerDecoder has no "
+                           "key/value cache); dense_kv: nn.TransformerDecoder's layers one token at a time with "
+                           "preallocated per-layer key/value caches (DenseKVState)",
            "results": {}}
     with torch.no_grad():
         for beam in opts.beams:
@@ -419,6 +449,7 @@ def bench_decoding(opts: BenchOptions, data: BenchData, log=print) -> dict:
                              "same_output_as_incremental": sum(a == b for a, b in zip(outputs[name], ref)) / len(src)}
             res["speedup_incremental_over_recompute"] = seconds["graph_recompute"] / seconds["graph_incremental"]
             res["speedup_incremental_over_dense"] = seconds["dense_recompute"] / seconds["graph_incremental"]
+            res["speedup_incremental_over_dense_kv"] = seconds["dense_kv"] / seconds["graph_incremental"]
             out["results"][label] = res
             log(f"  decoding {label}: " + ", ".join(f"{n} {res[n]['sentences_per_s']:.1f} sent/s" for n in DECODERS))
     return out
@@ -661,6 +692,35 @@ def bench_profile(opts: BenchOptions, data: BenchData, log=print) -> dict:
 
 
 # --------------------------------------------------------------------------
+# 6. Peer
+# --------------------------------------------------------------------------
+PEER_THREADS = 1   # the target's setting
+
+
+def bench_peer(opts: BenchOptions, log=print) -> dict:
+    """DGL's Transformer example vs the graph model on the copy task (:mod:`bench.peer`), in a
+    child process: the example's top-level packages stay out of this one, and DGL's OpenMP
+    threads follow the child's ``OMP_NUM_THREADS``. Skipped without ``--peer-dir``."""
+    if opts.peer_dir is None:
+        return {"skipped": "no --peer-dir: name the directory of DGL's examples/pytorch/transformer to time it"}
+    checkout = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": str(PEER_THREADS), "MKL_NUM_THREADS": str(PEER_THREADS)}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "peer.json"
+        cmd = [sys.executable, "-m", "bench.peer", "--peer-dir", str(Path(opts.peer_dir).resolve()),
+               "--threads", str(PEER_THREADS), "--batches", str(opts.peer_batches), "--repeats", str(opts.repeats),
+               "--seed", str(opts.seed), "--json", str(out)]
+        proc = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True)
+        for line in proc.stderr.splitlines():
+            if line.startswith("  peer section:"):
+                log(line)
+        if proc.returncode != 0:
+            why = next((ln for ln in reversed(proc.stderr.splitlines()) if ln.strip()), f"exit {proc.returncode}")
+            raise BenchmarkError(f"--peer-dir {opts.peer_dir}: the peer section failed: {why}")
+        return json.loads(out.read_text())
+
+
+# --------------------------------------------------------------------------
 # Targets and the whole run
 # --------------------------------------------------------------------------
 def evaluate_targets(results: dict) -> list[dict]:
@@ -686,6 +746,23 @@ def evaluate_targets(results: dict) -> list[dict]:
                 v = r["speedup_incremental_over_recompute"]
                 add(f"incremental vs full-recompute {label} ({decoding['sentences']} sentences)", ">= 5", v, v >= 5,
                     "" if decoding["sentences"] >= 1000 else "fewer than the 1000 test2016 sentences")
+                v = r.get("speedup_incremental_over_dense_kv")   # absent from runs before the dense_kv row
+                if v is not None:
+                    add(f"incremental vs dense with key/value cache {label}", ">= 1.0", v, v >= 1.0)
+    ceiling = results.get("ceiling")
+    threads = results.get("machine", {}).get("threads")
+    for row in (ceiling or {}).get("model_flops", []):
+        goal = {"fp32": 0.5, "bf16": 0.4}.get(row["precision"])
+        if row["model"] == "graph" and row["size"] == "multi30k_cpu" and goal is not None:
+            v = row["fraction_of_ceiling"]
+            add(f"useful model FLOP/s / {row['precision']} matmul ceiling (multi30k_cpu training step, "
+                f"{threads} thread(s))", f">= {goal}", v, v >= goal)
+    peer = results.get("peer")
+    if peer and "rows" in peer:
+        v = peer["speedup_graph_tutorial_over_peer"]
+        add(f"copy task training tokens/s, graph / DGL's example (tutorial setting, {peer['threads']} thread)",
+            ">= 2.5", v, v >= 2.5, "batch building included; CPU-time ratio "
+            f"{peer['rows']['graph_tutorial']['tokens_per_cpu_s'] / peer['rows']['peer']['tokens_per_cpu_s']:.2f}")
     attention = results.get("attention")
     if attention:
         s = attention["summary"]["graph_window"]
@@ -728,6 +805,8 @@ def run_benchmark(opts: BenchOptions, log=print) -> dict:
             results[name] = bench_attention(opts, log)
         elif name == "ceiling":
             results[name] = bench_ceiling(opts, results.get("training"), log)
+        elif name == "peer":
+            results[name] = bench_peer(opts, log)
         else:
             results[name] = bench_profile(opts, data, log)
         results[name]["section_seconds"] = time.perf_counter() - t0

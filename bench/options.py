@@ -93,6 +93,12 @@ class BenchOptions:
     profile_size: str = config_field("multi30k_cpu", "Model size profiled.")
     profile_threads: int | None = config_field(1, "Threads while profiling; null: --threads.", min=1)
     profile_ops: int = config_field(15, "Top ops listed per profile.", min=1)
+    # 6. peer
+    peer_dir: str | None = config_field(None, "Directory of DGL's Transformer example (dgl's "
+                                        "examples/pytorch/transformer, fetched by you; never part of this "
+                                        "repository): section 6 trains it beside the graph model on the copy "
+                                        "task at 1 thread (bench/peer.py). Without it section 6 is skipped.")
+    peer_batches: int = config_field(20, "Copy-task batches (128 sentences) per timed pass of section 6.", min=1)
 
     @classmethod
     def quick_options(cls, **overrides) -> BenchOptions:
@@ -151,6 +157,8 @@ def _cross_check(o: BenchOptions, src: Callable[..., str]) -> None:
                                   f"got {o.attn_lengths}")
     if o.checkpoint is not None and not Path(o.checkpoint).is_file():
         raise bad("checkpoint", f"file {o.checkpoint!r} does not exist")
+    if 6 in o.sections and o.peer_dir is not None and not Path(o.peer_dir).is_dir():
+        raise bad("peer_dir", f"directory {o.peer_dir!r} does not exist (DGL's examples/pytorch/transformer)")
     # The configs the run reads: a typo in them is an error now, not after section 1.
     named = {*o.sizes, o.decode_size, o.profile_size}
     for key, path, needed in (("config", o.config, True), ("sizes", COPY_CONFIG, "copy" in named)):
@@ -222,7 +230,7 @@ def _metavar(name: str, typ: Any, meta: dict) -> str:
         (item,) = get_args(typ)
         return "N,N,..." if item is int else "NAME,NAME,..."
     typ = next((a for a in get_args(typ) if a is not type(None)), typ)   # Optional[X] -> X
-    return {int: "N", float: "X"}.get(typ, "PATH" if name in ("out", "config", "checkpoint") else "NAME")
+    return {int: "N", float: "X"}.get(typ, "PATH" if name in ("out", "config", "checkpoint", "peer_dir") else "NAME")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,12 +5,12 @@ tables and plots) so that both import the names and neither imports the other.
 """
 from __future__ import annotations
 
-SECTIONS = {1: "training", 2: "decoding", 3: "attention", 4: "ceiling", 5: "profile"}
+SECTIONS = {1: "training", 2: "decoding", 3: "attention", 4: "ceiling", 5: "profile", 6: "peer"}
 PRECISIONS = ("fp32", "bf16")
 MODELS = ("graph", "dense")
 # Section 1's graph rows by engine: "graph" (the torch engine, the historical name) and "graph_dgl".
 ENGINE_MODELS = {"torch": "graph", "dgl": "graph_dgl"}
-DECODERS = ("graph_incremental", "graph_recompute", "dense_recompute")
+DECODERS = ("graph_incremental", "graph_recompute", "dense_recompute", "dense_kv")
 ATTENTION_METHODS = ("dense_sdpa", "dense_masked", "graph_complete", "graph_window", "graph_complete_dgl",
                      "graph_window_dgl")
 # Model sizes: "copy" and "multi30k_cpu" are the shipped configs' models, "reference" the paper's base

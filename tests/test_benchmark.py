@@ -15,12 +15,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from bench import compile_check
 from bench.benchmark import categorize, evaluate_targets, main
 from bench.flops import ModelShape, forward_flops, training_flops
 from bench.options import BenchmarkError, BenchOptions, validated
+from bench.peer import PeerError, check_peer_dir
+from bench.peer import main as peer_main
 from bench.profiling import graph_index_bytes, peak_memory
 from bench.sections import ATTENTION_METHODS
 from transformer_graph.config import ConfigError, config_from_dict
+from transformer_graph.data.datasets import make_copy_sort
 from transformer_graph.graphs import _dgl
 from transformer_graph.graphs.build import batch_graph, bipartite, build_graphs
 from transformer_graph.graphs.structures import make_structure
@@ -86,8 +90,8 @@ def test_quick_benchmark_writes_markdown_json_and_plots(tmp_path, capsys, monkey
     d = r["decoding"]
     assert d["sentences"] == 4 and set(d["results"]) == {"greedy", "beam5"}
     for res in d["results"].values():
-        for name in ("graph_recompute", "dense_recompute"):
-            assert res[name]["same_output_as_incremental"] == 1.0   # all three decode the same
+        for name in ("graph_recompute", "dense_recompute", "dense_kv"):
+            assert res[name]["same_output_as_incremental"] == 1.0   # all four decode the same
         assert res["graph_incremental"]["sentences_per_s"] > 0
 
     a = r["attention"]
@@ -147,6 +151,76 @@ def test_targets_report_met_and_missed():
     assert rows["training peak memory graph / dense (multi30k_cpu, fp32)"]["met"] is False
     beam = rows["incremental vs full-recompute beam5 (1000 sentences)"]
     assert beam["met"] is False and beam["value"] == 4.0 and beam["note"] == ""
+    assert "incremental vs dense with key/value cache beam5" not in rows   # a run without the dense_kv row
+    results["decoding"]["results"]["beam5"]["speedup_incremental_over_dense_kv"] = 1.1
+    assert {row["target"]: row for row in evaluate_targets(results)}[
+        "incremental vs dense with key/value cache beam5"]["met"] is True
+
+
+@pytest.mark.needs_dgl
+def test_training_section_measures_each_engine_beside_the_same_dense_baseline(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main(["--quick", "--sections", "1", "--sizes", "tiny", "--precisions", "fp32", "--engines", "dgl,torch",
+                 "--threads", "1", "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "benchmark.json").read_text())
+    entry = r["training"]["sizes"]["tiny"]
+    res = entry["results"]
+    assert set(res) == {"graph_fp32", "graph_dgl_fp32", "dense_fp32", "ratio_fp32"}
+    assert (res["graph_fp32"]["engine"], res["graph_dgl_fp32"]["engine"], res["dense_fp32"]["engine"]) == (
+        "torch", "dgl", None)
+    for key in ("graph_fp32", "graph_dgl_fp32", "dense_fp32"):
+        assert res[key]["tokens_per_s"] > 0 and len(res[key]["seconds"]) == 2
+    assert res["graph_dgl_fp32"]["graph_index_mb"] > res["graph_fp32"]["graph_index_mb"] > 0  # + DGL's formats
+    ratio = res["ratio_fp32"]
+    assert set(ratio) == {f"{what}_{m}_over_dense" for what in ("speed", "memory") for m in ("graph", "graph_dgl")}
+    assert ratio["speed_graph_dgl_over_dense"] == pytest.approx(
+        res["graph_dgl_fp32"]["tokens_per_s"] / res["dense_fp32"]["tokens_per_s"])
+    assert entry["agreement"]["graph_dgl_vs_graph_fp32_rel"] < 1e-6   # the same model on either engine
+    md = (tmp_path / "benchmark.md").read_text()
+    assert "| graph tok/s | graph_dgl tok/s | dense tok/s | graph / dense | graph_dgl / dense |" in md
+    assert "graph_dgl vs graph (fp32)" in md
+    assert_png(tmp_path / "figures" / "benchmark_training.png")
+    # the targets stay the torch engine's (the "graph" rows)
+    assert {row["target"] for row in r["targets"]} == {"training tokens/s graph / dense (tiny, fp32)",
+                                                       "training peak memory graph / dense (tiny, fp32)"}
+
+
+def test_engines_option_is_checked(checkout, capsys, monkeypatch):
+    assert main(["--quick", "--sections", "1", "--engines", "torch,torch", "--out", "unused"]) == 2
+    assert capsys.readouterr().err == "error: --engines: engines: expected each engine once, got torch,torch\n"
+    assert main(["--quick", "--sections", "1", "--engines", "cuda", "--out", "unused"]) == 2
+    assert capsys.readouterr().err == "error: --engines: engines[0]: expected one of 'torch', 'dgl', got 'cuda'\n"
+    # Where DGL cannot be imported (the modern stack), asking for its rows is an error before any work,
+    # saying how to install it; other sections still run there with the option left as it is.
+    monkeypatch.setattr(_dgl, "_import", lambda: (None, None, "ModuleNotFoundError: No module named 'dgl'"))
+    assert main(["--quick", "--sections", "1", "--engines", "dgl,torch", "--out", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --engines: engines: 'dgl' needs DGL, which cannot be imported here "
+                          "(ModuleNotFoundError: No module named 'dgl'); install it with pip install "
+                          "'transformer_graph[dgl]'") and err.count("\n") == 1
+    assert main([*CEILING_ONLY, "--engines", "dgl"]) == 0
+    assert not (checkout / "unused").exists()
+    # without the torch engine's rows there are no graph-vs-dense targets, and no error
+    assert evaluate_targets({"training": {"sizes": {"multi30k_cpu": {"results": {
+        "ratio_fp32": {"speed_graph_dgl_over_dense": 0.9, "memory_graph_dgl_over_dense": 0.9}}}}}}) == []
+
+
+def test_compile_check_options_and_table(capsys):
+    args = compile_check.parser().parse_args(["--variants", "ffn,model", "--precisions", "bf16"])
+    assert (args.variants, args.precisions, args.threads, args.size) == (["ffn", "model"], ["bf16"], 1,
+                                                                         "multi30k_cpu")
+    for argv, what in ((["--variants", "everything"], "--variants: expected a comma-separated list from model, "
+                                                      "model_eager_attention, layers, ffn, got 'everything'"),
+                       (["--repeats", "0"], "--repeats: expected a positive integer, got '0'")):
+        with pytest.raises(SystemExit):
+            compile_check.parser().parse_args(argv)
+        assert what in capsys.readouterr().err
+    table = compile_check.markdown([
+        {"variant": "model", "precision": "fp32", "error": "IndexError: tuple index out of range"},
+        {"variant": "ffn", "precision": "bf16", "eager_tokens_per_s": 5399.2, "compiled_tokens_per_s": 3980.4,
+         "speedup": 0.737, "compile_warmup_s": 2.2, "loss_rel": 0.0, "grad_rel": 1.4e-8}]).splitlines()
+    assert table[2] == "| model | fp32 | fails: IndexError: tuple index out of range | | | | | |"
+    assert table[3] == "| ffn | bf16 | 5399 | 3980 | 0.74x | 2 | 0.0e+00 | 1.4e-08 |"
 
 
 def test_profile_categories_follow_enclosing_ops():
@@ -498,3 +572,114 @@ def test_tune_malloc_is_a_validated_train_key_applied_by_the_trainer(tmp_path, m
         trainer_module.Trainer(config_from_dict({}, overrides=[*tiny, f"train.tune_malloc={flag_value}"]),
                                tmp_path / flag_value, quiet=True)
         assert calls == expected
+
+
+# --------------------------------------------------------------------------
+# Section 6: the peer (DGL's Transformer example), here a stand-in with its interface
+# --------------------------------------------------------------------------
+FAKE_PEER = {
+    "modules/__init__.py": '''
+import torch
+from torch import nn
+
+class _Lut(nn.Module):
+    def __init__(self, vocab, d):
+        super().__init__()
+        self.lut = nn.Embedding(vocab, d)
+
+class _Model(nn.Module):
+    def __init__(self, vocab, d):
+        super().__init__()
+        self.src_embed, self.tgt_embed = _Lut(vocab, d), _Lut(vocab, d)
+        self.generator = nn.Module()
+        self.generator.proj = nn.Linear(d, vocab)
+    def forward(self, g):
+        h = self.tgt_embed.lut(g.tgt) + self.src_embed.lut(g.src).mean(0)
+        return torch.log_softmax(self.generator.proj(h), -1)
+
+def make_model(src_vocab, tgt_vocab, N=6, dim_model=512, dim_ff=2048, h=8, dropout=0.1):
+    return _Model(tgt_vocab, dim_model)
+''',
+    "loss/__init__.py": '''
+import torch.nn.functional as F
+
+class LabelSmoothing:
+    def __init__(self, size, padding_idx, smoothing=0.0):
+        self.padding_idx = padding_idx
+    def __call__(self, x, y):
+        return F.nll_loss(x, y, reduction="sum")
+
+class SimpleLossCompute:
+    def __init__(self, criterion, grad_accum, opt=None):
+        self.criterion, self.opt = criterion, opt
+    def __call__(self, y_pred, y, norm):
+        loss = self.criterion(y_pred, y) / norm
+        loss.backward()
+        self.opt.step()
+        self.opt.optimizer.zero_grad()
+        return loss.item() * norm
+''',
+    "optims/__init__.py": '''
+class NoamOpt:
+    def __init__(self, model_size, factor, warmup, optimizer):
+        self.optimizer = optimizer
+    def step(self):
+        self.optimizer.step()
+''',
+    "dataset/__init__.py": "",
+    "dataset/graph.py": '''
+from types import SimpleNamespace
+import torch
+
+class GraphPool:
+    def __call__(self, src_buf, tgt_buf, device="cpu"):
+        tgt = [t[:-1] for t in tgt_buf]
+        return SimpleNamespace(src=torch.tensor([x for s in src_buf for x in s]),
+                               tgt=torch.tensor([x for t in tgt for x in t]),
+                               tgt_y=torch.tensor([x for t in tgt_buf for x in t[1:]]),
+                               n_tokens=sum(len(t) for t in tgt))
+''',
+}
+
+
+def fake_peer(root: Path) -> Path:
+    for name, text in FAKE_PEER.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def test_peer_section_is_skipped_without_its_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main(["--quick", "--sections", "6", "--threads", "1", "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "benchmark.json").read_text())
+    assert "no --peer-dir" in r["peer"]["skipped"] and r["targets"] == []
+    assert "## 6. Peer" in (tmp_path / "benchmark.md").read_text()
+
+
+def test_peer_section_times_the_example_and_the_graph_model_on_the_same_batches(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    peer = fake_peer(tmp_path / "example")
+    assert main(["--quick", "--sections", "6", "--threads", "1", "--peer-dir", str(peer), "--peer-batches", "1",
+                 "--repeats", "1", "--out", str(tmp_path / "out")]) == 0
+    r = json.loads((tmp_path / "out" / "benchmark.json").read_text())
+    p = r["peer"]
+    assert set(p["rows"]) == {"peer", "graph_tutorial", "graph_copy_yaml"} and p["threads"] == 1
+    assert p["omp_num_threads_env"] == "1"        # the child's DGL threads are fixed too
+    assert p["tokens"] == sum(len(s) + len(t) + 1 for s, t in make_copy_sort("copy", 128, 0))
+    for row in p["rows"].values():
+        assert len(row["passes"]) == 1 and row["tokens_per_s"] > 0 and row["step_tokens_per_s"] >= row["tokens_per_s"]
+    (target,) = r["targets"]
+    assert target["goal"] == ">= 2.5" and target["value"] == pytest.approx(p["speedup_graph_tutorial_over_peer"])
+    assert "| DGL example |" in (tmp_path / "out" / "benchmark.md").read_text()
+    assert not list(ROOT.glob("modules")) and "modules" not in sys.modules   # the example ran in a child process
+
+
+def test_peer_directory_errors_name_the_option(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    assert main(["--quick", "--sections", "6", "--peer-dir", str(tmp_path / "nowhere"), "--out", "unused"]) == 2
+    assert "peer_dir" in capsys.readouterr().err
+    with pytest.raises(PeerError, match=r"--peer-dir .*: not the DGL Transformer example .*missing modules/"):
+        check_peer_dir(tmp_path)
+    assert peer_main(["--peer-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: --peer-dir ")

@@ -34,6 +34,7 @@ from transformer_graph.nn.dense import DenseTransformer, torch_transformer_from
 from transformer_graph.graphs.build import KINDS, GraphSpec, build_graphs
 from transformer_graph.config import config_from_dict
 from transformer_graph.experiment import build_model
+from transformer_graph.nn.loss import label_smoothed_loss, label_smoothed_loss_from_logits
 from transformer_graph.nn.model import GraphTransformer, TransformerConfig, make_model
 
 SRC_VOCAB, TGT_VOCAB = 23, 29
@@ -667,6 +668,38 @@ def test_float64_model(norm_first, engine):
         assert torch.isfinite(p.grad).all(), name
     _, attn = model64(batch, return_attention=True)
     assert all(w.dtype == torch.float64 for ws in attn.values() for w in ws)
+
+
+@pytest.mark.parametrize("kind", ["standard", "universal"])
+def test_training_path_from_logits_equals_log_probs_path(kind, engine):
+    """What training computes (forward(batch, logits=True) + the fused loss) is the public
+    forward's log-probabilities + label_smoothed_loss: the same loss and parameter gradients
+    (float64, both model kinds), and the log-softmax of the logits is the public output."""
+    extra = {"max_depth": 3} if kind == "universal" else {"layers": 2}
+    cfg = config_from_dict({"model": dict(kind=kind, d_model=32, d_ff=64, heads=4, dropout=0.0, max_len=64,
+                                          share_embeddings=True, **extra)})
+    torch.manual_seed(5)
+    model = set_engine(build_model(cfg.model, TGT_VOCAB, TGT_VOCAB), engine).double()
+    randomise_norms_and_biases(model)
+    batch = batch_of(*random_pairs(5))
+    grads, losses = [], []
+    for fused in (False, True):
+        model.zero_grad(set_to_none=True)
+        if fused:
+            loss, nll = label_smoothed_loss_from_logits(model(batch, logits=True), batch.labels, 0.1, 0)
+        else:
+            loss, nll = label_smoothed_loss(model(batch), batch.labels, 0.1, 0)
+        (loss / batch.labels.numel()).backward()
+        losses.append((float(loss.detach()), float(nll)))
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+    assert losses[1] == pytest.approx(losses[0], rel=1e-12)
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        logits, attn = model(batch, return_attention=True, logits=True)
+        torch.testing.assert_close(torch.log_softmax(logits, -1), model(batch), rtol=1e-12, atol=1e-12)
+    assert set(attn) == {"enc", "dec", "cross"}
 
 
 # --------------------------------------------------------------------------

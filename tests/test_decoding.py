@@ -468,14 +468,119 @@ def test_every_decoder_state_satisfies_the_declared_contract():
     from transformer_graph.graphs import GraphSpec
     from transformer_graph.inference.decoding import (DecoderState, _IncrementalState, _RecomputeState, _Source,
                                                       beam_search)
-    from transformer_graph.inference.dense_decoding import DenseRecomputeState
+    from transformer_graph.inference.dense_decoding import DenseKVState, DenseRecomputeState
     from transformer_graph.nn.dense import DenseTransformer
 
     model = make_model(12, 12, layers=1, d_model=16, d_ff=32, heads=2, dropout=0.0).eval()
     src = [[4, 5, 6], [7, 8]]
     source = _Source(model, src, GraphSpec(), torch.device("cpu"))
     for state in (_IncrementalState(model, source, GraphSpec()), _RecomputeState(model, source, GraphSpec()),
-                  DenseRecomputeState(DenseTransformer(model).eval(), src, torch.device("cpu"))):
+                  DenseRecomputeState(DenseTransformer(model).eval(), src, torch.device("cpu")),
+                  DenseKVState(DenseTransformer(model).eval(), src, torch.device("cpu"))):
         assert isinstance(state, DecoderState)
     with pytest.raises(TypeError, match="state_factory.*step"):
         beam_search(model, src, sos=2, eos=3, state_factory=lambda *a: object())
+
+
+# --------------------------------------------------------------------------- three incremental decoders agree
+
+@pytest.mark.parametrize("norm_first", [True, False])
+@pytest.mark.parametrize("beam", [1, 3, 5])
+def test_incremental_recompute_and_dense_kv_decode_the_same(beam, norm_first):
+    """The graph's incremental decoder (preallocated caches, never reordered), the graph's full
+    recomputation, and nn.TransformerDecoder's layers with their own key/value caches
+    (DenseKVState) and without (DenseRecomputeState): the same tokens, finished flags and
+    scores for every returned hypothesis, through the same search."""
+    from transformer_graph.inference.dense_decoding import dense_beam_search
+    from transformer_graph.nn.dense import DenseTransformer
+
+    torch.manual_seed(beam + 10 * norm_first)
+    model = make_model(V, V, layers=2, d_model=32, d_ff=64, heads=4, dropout=0.1, norm_first=norm_first).eval()
+    with torch.no_grad():
+        model.generator.bias[EOS] += 1.5   # hypotheses end at different steps
+    dense = DenseTransformer(model).eval()
+    srcs = random_sources(20 + beam, n=7)
+    kw = dict(sos=SOS, eos=EOS, beam=beam, n_best=beam, max_len_b=5)
+    runs = {"incremental": beam_search(model, srcs, **kw),
+            "recompute": beam_search(model, srcs, incremental=False, **kw),
+            "dense_kv": dense_beam_search(dense, srcs, kv_cache=True, **kw),
+            "dense_recompute": dense_beam_search(dense, srcs, **kw)}
+    ref = runs["incremental"]
+    assert len({len(h.tokens) for hs in ref for h in hs}) > 1
+    for name, hyps in runs.items():
+        for a, b in zip(hyps, ref):
+            assert [h.tokens for h in a] == [h.tokens for h in b], name
+            assert [h.finished for h in a] == [h.finished for h in b], name
+            for ha, hb in zip(a, b):
+                assert ha.score == pytest.approx(hb.score, abs=1e-5), name
+                assert ha.logprob == pytest.approx(hb.logprob, abs=1e-5), name
+
+
+def test_incremental_states_grow_past_their_capacity_and_match_recompute():
+    """States built with room for one hypothesis and one position (or none given) grow as the
+    search needs; each step's log-probabilities equal full recomputation's, and the graph
+    state's per-hypothesis cache view is each hypothesis's own prefix."""
+    from transformer_graph.graphs import GraphSpec
+    from transformer_graph.inference.decoding import _IncrementalState, _RecomputeState, _Source
+    from transformer_graph.inference.dense_decoding import DenseKVState
+    from transformer_graph.nn.dense import DenseTransformer
+
+    model = random_model(11)
+    dense = DenseTransformer(model).eval()
+    srcs = random_sources(11, n=3)
+    spec, cpu = GraphSpec(), torch.device("cpu")
+    with torch.no_grad():
+        source = _Source(model, srcs, spec, cpu)
+        states = [_IncrementalState(model, source, spec, max_hyps=1, max_positions=1),
+                  _IncrementalState(model, source, spec), DenseKVState(dense, srcs, cpu, max_hyps=1, max_positions=1)]
+        rec = _RecomputeState(model, source, spec)
+        g = torch.Generator().manual_seed(0)
+        sent, tokens = torch.arange(3), torch.full((3,), SOS)
+        for t in range(6):
+            ref = rec.step(tokens, t, sent)
+            for state in states:
+                torch.testing.assert_close(state.step(tokens, t, sent), ref, atol=1e-5, rtol=1e-5)
+            keys = states[0].cache[0][0]
+            assert keys.shape[:2] == (sent.numel(), t + 1)
+            # Reorder as a beam search would: duplicate, drop and permute hypotheses.
+            parents = torch.randint(0, sent.numel(), (int(torch.randint(1, 6, (1,), generator=g)),), generator=g)
+            parents = parents.sort().values
+            for state in (*states, rec):
+                state.reorder(parents)
+            torch.testing.assert_close(states[0].cache[0][0], keys[parents])
+            sent, tokens = sent[parents], torch.randint(4, V, (parents.numel(),), generator=g)
+    assert states[0].slots >= 5 and states[0].positions >= 6
+
+
+def test_row_topk_is_topk():
+    from transformer_graph.inference.decoding import _row_topk
+
+    g = torch.Generator().manual_seed(0)
+    for vocab in (14, 129, 1000, 14550, 14557):
+        x = torch.randn(9, vocab, generator=g).log_softmax(-1)
+        for k in (1, 2, 10):
+            values, idx = _row_topk(x, k)
+            ref_values, ref_idx = x.topk(min(k, vocab), dim=1)
+            assert torch.equal(values, ref_values) and torch.equal(idx, ref_idx), (vocab, k)
+
+
+def test_top_candidates_rank_each_sentence_over_all_its_hypotheses():
+    """The batched ranking equals a per-sentence top-k over (hypotheses x vocabulary) float64
+    sums, for sentences with equal and with unequal numbers of live hypotheses."""
+    from transformer_graph.inference.decoding import _top_candidates
+
+    g = torch.Generator().manual_seed(1)
+    for counts, vocab, k in (([3, 3, 3], 50, 6), ([1, 3, 2], 50, 6), ([2, 1], 2, 6), ([1, 1], 3, 4)):
+        logp = torch.randn(sum(counts), vocab, generator=g).log_softmax(-1)
+        scores = -torch.rand(sum(counts), generator=g, dtype=torch.float64) * 5
+        sc, parent, tok, valid = _top_candidates(logp, scores, counts, k)
+        start = 0
+        for i, c in enumerate(counts):
+            cand = (scores[start:start + c, None] + logp[start:start + c].double()).reshape(-1)
+            ref_sc, ref_idx = cand.topk(min(k, cand.numel()))
+            m = ref_sc.numel()
+            assert valid[i].tolist() == [True] * m + [False] * (valid.shape[1] - m)
+            assert torch.equal(sc[i, :m], ref_sc)
+            assert parent[i, :m].tolist() == (start + ref_idx // vocab).tolist()
+            assert tok[i, :m].tolist() == (ref_idx % vocab).tolist()
+            start += c

@@ -21,7 +21,8 @@ from transformer_graph.checkpoint import (CheckpointError, atomic_save, load_che
                                           save_checkpoint)
 from transformer_graph.config import config_from_dict, load_config
 from transformer_graph.experiment import load_trained
-from transformer_graph.nn.loss import label_smoothed_loss, token_correct
+from transformer_graph.nn import loss as loss_module
+from transformer_graph.nn.loss import label_smoothed_loss, label_smoothed_loss_from_logits, token_correct
 from transformer_graph.train.trainer import Trainer, TrainingError, noam_lambda
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -417,6 +418,80 @@ def test_label_smoothed_loss_gradcheck(eps, pad):
 def test_label_smoothing_out_of_range():
     with pytest.raises(ValueError, match="eps"):
         label_smoothed_loss(torch.zeros(2, 5), torch.tensor([1, 2]), 1.0, 0)
+
+
+def _loss_and_grad(fn, logits, labels, eps, pad, scale=2.5):
+    """(loss, nll, d(scale * loss)/d logits) of ``fn`` on a fresh leaf copy of ``logits``."""
+    x = logits.detach().clone().requires_grad_()
+    loss, nll = fn(x, labels, eps, pad)
+    (scale * loss).backward()
+    return loss.detach(), nll, x.grad
+
+
+def _unfused(x, labels, eps, pad):
+    return label_smoothed_loss(torch.log_softmax(x.double(), -1), labels, eps, pad)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("pad", [0, None])
+@pytest.mark.parametrize("block_values", [None, 40])   # one block, or blocks of 3 rows and a ragged last one
+def test_fused_loss_equals_loss_of_log_softmax(eps, pad, block_values, monkeypatch):
+    """Value, nll and gradient of the loss from logits equal label_smoothed_loss(log_softmax(logits))
+    (float64: to rounding); the pad column gets no target mass (its gradient is its probability)."""
+    if block_values is not None:
+        monkeypatch.setattr(loss_module, "_BLOCK_VALUES", block_values)
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randn(10, 13, generator=g, dtype=torch.float64) * 3
+    labels = torch.randint(1 if pad == 0 else 0, 13, (10,), generator=g)
+    ref = _loss_and_grad(_unfused, logits, labels, eps, pad)
+    got = _loss_and_grad(label_smoothed_loss_from_logits, logits, labels, eps, pad)
+    assert float(got[0]) == pytest.approx(float(ref[0]), rel=1e-12)
+    assert float(got[1]) == pytest.approx(float(ref[1]), rel=1e-12)
+    torch.testing.assert_close(got[2], ref[2], rtol=1e-12, atol=1e-14)
+    if pad is not None:
+        torch.testing.assert_close(got[2][:, pad], 2.5 * torch.softmax(logits, -1)[:, pad], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_fused_loss_in_low_precision_keeps_the_logits_dtype(dtype, tol):
+    """float32 / bf16 logits: float32 arithmetic, so the loss is that of the rounded logits to
+    float32 accuracy; the gradient comes back in the logits' dtype (no casts under autocast)."""
+    g = torch.Generator().manual_seed(7)
+    logits = (torch.randn(9, 300, generator=g) * 4).to(dtype)
+    labels = torch.randint(1, 300, (9,), generator=g)
+    ref = _loss_and_grad(_unfused, logits.double(), labels, 0.1, 0)
+    loss, nll, grad = _loss_and_grad(label_smoothed_loss_from_logits, logits, labels, 0.1, 0)
+    assert loss.dtype == nll.dtype == torch.float32 and grad.dtype == dtype
+    assert float(loss) == pytest.approx(float(ref[0]), rel=1e-6)
+    assert float(nll) == pytest.approx(float(ref[1]), rel=1e-6)
+    assert float((grad.double() - ref[2]).abs().max()) <= tol * float(ref[2].abs().max())
+
+
+def test_fused_loss_without_gradient_and_its_single_backward():
+    g = torch.Generator().manual_seed(8)
+    logits = torch.randn(5, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(1, 7, (5,), generator=g)
+    with torch.no_grad():   # evaluation: no gradient is prepared
+        loss, nll = label_smoothed_loss_from_logits(logits, labels, 0.1, 0)
+    ref, ref_nll = _unfused(logits.detach(), labels, 0.1, 0)
+    assert float(loss) == pytest.approx(float(ref), rel=1e-12) and float(nll) == pytest.approx(float(ref_nll))
+    loss, _ = label_smoothed_loss_from_logits(logits, labels, 0.1, 0)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        loss.backward()
+    empty = torch.zeros(0, 7, requires_grad=True)   # no target nodes: zero loss, empty gradient
+    loss, nll = label_smoothed_loss_from_logits(empty, torch.zeros(0, dtype=torch.long), 0.1, 0)
+    loss.backward()
+    assert float(loss.detach()) == float(nll) == 0.0 and empty.grad.shape == (0, 7)
+
+
+def test_fused_loss_bad_arguments():
+    with pytest.raises(ValueError, match="eps"):
+        label_smoothed_loss_from_logits(torch.zeros(2, 5), torch.tensor([1, 2]), 1.0, 0)
+    with pytest.raises(ValueError, match="logits: expected shape"):
+        label_smoothed_loss_from_logits(torch.zeros(2, 3, 5), torch.tensor([1, 2]), 0.1, 0)
+    with pytest.raises(ValueError, match="labels of shape"):
+        label_smoothed_loss_from_logits(torch.zeros(2, 5), torch.tensor([1, 2, 3]), 0.1, 0)
 
 
 def test_token_correct():

@@ -162,7 +162,9 @@ class TrainConfig:
     max_time: float | None = _field(None, "Stop after this many seconds; null means no limit.", gt=0)
     seed: int = _field(1234, "Seed for model initialisation, dropout and shuffling.")
     device: str = _field("cpu", "Where to train; 'auto' picks cuda when available.", choices=("cpu", "cuda", "auto"))
-    threads: int | None = _field(None, "torch CPU threads; null leaves torch's default.", min=1)
+    threads: int | None = _field(None, "torch CPU threads per process; null: the CPUs this process may use "
+                                 "(affinity, cgroup quota) that are idle at start-up, shared by the ranks "
+                                 "(transformer_graph.threads).", min=1)
     bf16: bool = _field(False, "bfloat16 autocast.")
     engine: str = _field("auto", "Who computes phi and □: 'dgl' (DGL's u_dot_v/edge_softmax/u_mul_e_sum, the "
                          "reference; needs the dgl extra), 'torch' (the same in PyTorch: sparse CSR on CPU, any "

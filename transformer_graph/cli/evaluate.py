@@ -7,6 +7,7 @@ import json
 from transformer_graph.files import atomic_write_text
 from transformer_graph.cli.errors import command, readable_warnings
 from transformer_graph.cli.help import make_parser
+from transformer_graph.cli.threads import add_threads_option, apply_threads_option
 from transformer_graph.inference.evaluation import evaluate_checkpoint
 from transformer_graph.outputs import check_output_file
 
@@ -41,6 +42,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N sentences (default: all)")
     ap.add_argument("--json", metavar="PATH",
                     help="also write the checkpoint, hypotheses file and metrics to this JSON file (default: none)")
+    add_threads_option(ap)
     return ap
 
 
@@ -52,10 +54,12 @@ def run(argv: list[str] | None = None) -> dict:
     if bool(args.src_file) != bool(args.ref_file):
         ap.error("--src-file and --ref-file go together")
     json_out = check_output_file(args.json, "--json")  # before decoding, not after
+    threads = apply_threads_option(args)
     with readable_warnings():
         result = evaluate_checkpoint(args.checkpoint, split=args.split, beam=args.beam, alpha=args.alpha,
                                      src_file=args.src_file, ref_file=args.ref_file, hyp_file=args.hyp_file,
                                      incremental=not args.full_recompute, limit=args.limit)
+    result["metrics"]["threads"] = threads   # beside decode_time_s: what the timing ran on
     for k, v in result["metrics"].items():
         print(f"{k:<16} {v:.4f}" if isinstance(v, float) else f"{k:<16} {v}")
     if json_out is not None:

@@ -7,6 +7,7 @@ import json
 from transformer_graph.cli.checks import at_least
 from transformer_graph.cli.errors import command
 from transformer_graph.cli.help import make_parser
+from transformer_graph.cli.threads import add_threads_option, apply_threads_option
 from transformer_graph.outputs import check_output_file
 from transformer_graph.viz.act import plot_checkpoint
 
@@ -26,6 +27,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--split", default="valid", choices=("train", "valid", "test"),
                     help="split whose sentences are counted")
     ap.add_argument("--limit", type=int, metavar="N", help="use only the first N pairs of the split (default: all)")
+    add_threads_option(ap)
     return ap
 
 
@@ -35,6 +37,7 @@ def run(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
     at_least(1, limit=args.limit)
     check_output_file(args.out, "--out")
+    apply_threads_option(args)
     result = plot_checkpoint(args.checkpoint, args.out, split=args.split, limit=args.limit)
     print(json.dumps(result))
     return result

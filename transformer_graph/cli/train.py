@@ -47,6 +47,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-test", action="store_true",
                     help="skip the test-split evaluation of the final model at the end")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--threads", type=int, metavar="N",
+                    help="torch CPU threads per process: the same as --set train.threads=N (default: the "
+                         "config's train.threads; null there: the CPUs this process may use, per affinity and "
+                         "cgroup quota, that are idle at start-up, shared among torchrun's local processes)")
     return ap
 
 
@@ -59,6 +63,8 @@ def run(argv: list[str] | None = None) -> dict:
         ap.error("--resume continues a run with its own config.yaml; drop --config (change values with --set)")
     if not args.resume and not args.config:
         ap.error("--config is required unless --resume is given")
+    if args.threads is not None:  # validated and recorded (config.yaml) like any override
+        args.overrides = [*args.overrides, f"train.threads={args.threads}"]
 
     if args.resume:
         run_dir = Path(args.resume)

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 
 from transformer_graph.cli.errors import command, readable_warnings
 from transformer_graph.cli.help import make_parser
+from transformer_graph.cli.threads import add_threads_option, apply_threads_option
 from transformer_graph.inference.translate import Translator, read_text_lines
 
 
@@ -29,12 +30,14 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, default=64, metavar="N",
                     help="sentences decoded together; stdin is read and answered in chunks of 8 N lines")
     ap.add_argument("sentences", nargs="*", help="sentences to translate (default: read stdin)")
+    add_threads_option(ap)
     return ap
 
 
 @command
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    apply_threads_option(args)
     # Scoped: an in-process caller gets its own warning display back afterwards.
     with readable_warnings():
         translator = Translator.from_checkpoint(args.checkpoint, beam=args.beam, alpha=args.alpha,

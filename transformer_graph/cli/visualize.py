@@ -10,6 +10,7 @@ import torch
 from transformer_graph.cli.checks import at_least
 from transformer_graph.cli.errors import command
 from transformer_graph.cli.help import make_parser
+from transformer_graph.cli.threads import add_threads_option, apply_threads_option
 from transformer_graph.experiment import build_experiment, graph_spec, load_trained
 from transformer_graph.graphs.build import KINDS
 from transformer_graph.outputs import check_output_dir, check_output_file
@@ -51,6 +52,7 @@ def parser() -> argparse.ArgumentParser:
                     help="attention kinds to draw (default: all three; with --animate one, cross)")
     ap.add_argument("--head", type=int, default=0, help="head shown by --animate")
     ap.add_argument("--fps", type=float, default=2.0, help="frames per second of the --animate GIF")
+    add_threads_option(ap)
     return ap
 
 
@@ -68,6 +70,7 @@ def run(argv: list[str] | None = None) -> list[Path]:
         raise ValueError(f"--fps: expected a positive number, got {args.fps}")
     if (args.out is None) == (args.html is None):
         ap.error("give exactly one of --out PATH (PNG figures / GIF) or --html OUT.html (the explorer)")
+    apply_threads_option(args)
     if args.html:  # the page builder checks its output location before any model is loaded
         path = (html_for_run(args.animate, args.html) if args.animate else
                 html_for_checkpoint(args.checkpoint, args.html, example=args.example, split=args.split,

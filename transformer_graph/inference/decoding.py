@@ -4,8 +4,9 @@ Every decoding step adds one target node per live hypothesis and runs message
 passing only *into the new nodes*:
 
 * self-attention: the new node of hypothesis h receives from h's cached prefix
-  nodes and from itself (keys/values of earlier positions are kept per layer and
-  never recomputed);
+  nodes and from itself (keys/values of earlier positions are kept per layer in
+  preallocated buffers, written once and never recomputed, copied or reordered:
+  the graph's edges follow each hypothesis's ancestry, see :class:`_IncrementalState`);
 * encoder-decoder attention: the new node receives straight from the source
   nodes of its sentence. The k hypotheses of a sentence share those source
   nodes: the graph has edges to each of them, nothing is copied per beam.
@@ -18,7 +19,9 @@ Beam search keeps k live hypotheses per sentence in lockstep, batched over all
 sentences; a hypothesis that emits <eos> among the top k candidates is finished
 (scored with the GNMT length penalty ((5 + len) / 6) ** alpha) and never
 extended; a sentence stops once it has k finished hypotheses or reaches its
-maximum length, and decoding stops as soon as every sentence has stopped.
+maximum length, and decoding stops as soon as every sentence has stopped. Each
+step ranks the candidates of all sentences at once (:func:`_top_candidates`), with
+no Python loop over sentences or hypotheses.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import torch
 
 from transformer_graph.data.batch import positions
 from transformer_graph.graphs.build import GraphSpec, batch_graph, join, pair_edges
+from transformer_graph.graphs.graph import AttentionGraph
 
 
 @runtime_checkable
@@ -86,6 +90,9 @@ class _Source:
         self.cross_fn = spec.fn("cross")
         self.device = device
         self._cache: dict = {}
+        self._rows: dict = {}          # (source length, position) -> that row's local key nodes
+        self._interned: dict = {}      # (source length, key nodes) -> one tensor per distinct row
+        self._step_graph = None        # (key, graph) of the last step's cross graph
 
     def cross_graph(self, sent: torch.Tensor, n_queries: int, rows: Sequence[int]):
         """Edges from each hypothesis's sentence's source nodes into its query nodes.
@@ -109,40 +116,142 @@ class _Source:
             self._cache[key] = (torch.cat([k for k, _ in parts]), torch.cat([q for _, q in parts]))
         return self._cache[key]
 
+    def _row(self, n: int, t: int) -> torch.Tensor:
+        """Source nodes (local) that target position ``t`` receives from; one tensor object per
+        distinct row, so that equal rows of successive steps are recognised by identity."""
+        key = (n, t)
+        row = self._rows.get(key)
+        if row is None:
+            keys = _row_edges(self.cross_fn, n, t + 1, t)
+            row = self._interned.setdefault((n, tuple(keys.tolist())), keys)
+            self._rows[key] = row
+        return row
+
+    def step_graph(self, sent: torch.Tensor, t: int) -> AttentionGraph:
+        """:meth:`cross_graph` for one new query node per hypothesis at position ``t``, built
+        without a Python loop over hypotheses, and the last step's graph itself (with its
+        cached CSR pattern) whenever nothing changed: the same live hypotheses' sentences and
+        the same source rows (always, for the complete cross-attention structure)."""
+        uniq, counts = torch.unique_consecutive(sent.cpu(), return_counts=True)
+        uniq_l, counts_l = uniq.tolist(), counts.tolist()
+        rows = [self._row(self.lens[s], t) for s in uniq_l]
+        key = (tuple(uniq_l), tuple(counts_l), tuple(map(id, rows)))
+        if self._step_graph is not None and self._step_graph[0] == key:
+            return self._step_graph[1]
+        # Sentence by sentence (not hypothesis by hypothesis): its row, shifted to its source
+        # nodes, repeated once per live hypothesis of the sentence.
+        src = torch.cat([(row + int(self.offsets[s])).repeat(c) for s, row, c in zip(uniq_l, rows, counts_l)])
+        degree = torch.cat([torch.full((c,), row.numel(), dtype=torch.int64) for row, c in zip(rows, counts_l)])
+        indptr = torch.cat([degree.new_zeros(1), degree.cumsum(0)])
+        dst = torch.arange(sent.numel()).repeat_interleave(degree, output_size=src.numel())
+        d = self.device
+        graph = AttentionGraph(src.to(d), dst.to(d), sum(self.lens), sent.numel(), indptr.to(d))
+        self._step_graph = (key, graph)
+        return graph
+
 
 class _IncrementalState:
-    """Per-layer key/value cache of every live hypothesis: (hyps, t, heads, d_k)."""
+    """Per-layer key/value caches, preallocated, never reordered.
 
-    def __init__(self, model, source: _Source, spec: GraphSpec):
+    Layer l's keys (values alike) live in one buffer of shape (positions, slots, heads,
+    d_k): the key of position j of the hypothesis in row h at step j is slot
+    ``j * slots + h``, written once, when position j is decoded. A hypothesis's prefix is
+    then a path through the rows of earlier steps, held in a small table ``ancestor``
+    (positions, slots): ``ancestor[j, h]`` is the row, at step j, of the ancestor of the
+    live hypothesis h. The growing self-attention graph simply has edges from those slots
+    to the new query node, so :meth:`reorder` permutes the integer table instead of
+    copying every layer's cache (O(t) floats per hypothesis and layer per step), and no
+    step concatenates onto a cache. Capacities are what :func:`beam_search` knows
+    (sentences x beam hypotheses, the longest length limit); they grow if exceeded.
+    """
+
+    def __init__(self, model, source: _Source, spec: GraphSpec, max_hyps: int | None = None,
+                 max_positions: int | None = None):
         self.model, self.source, self.dec_fn = model, source, spec.fn("dec")
-        self.cache: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(model.decoder.layers)
+        self.n_layers = len(model.decoder.layers)
+        self.slots = max(1, max_hyps or len(source.lens))
+        self.positions = max(1, max_positions or model.pos.max_len)
+        self.keys: list[torch.Tensor | None] = [None] * self.n_layers
+        self.values: list[torch.Tensor | None] = [None] * self.n_layers
+        self.ancestor = torch.zeros(self.positions, self.slots, dtype=torch.int64, device=source.device)
+        self.t = -1                   # the last position fed
+        self.n = 0                    # live hypotheses after the last step / reorder
+        self._rows: dict = {}
+
+    @property
+    def cache(self) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """Every layer's keys and values of each live hypothesis's prefix, (hyps, t + 1, heads,
+        d_k), gathered from the buffers (for tests and inspection; decoding never forms them)."""
+        if self.t < 0:
+            return [None] * self.n_layers
+        j = torch.arange(self.t + 1, device=self.ancestor.device)[:, None]
+        slots = j * self.slots + self.ancestor[:self.t + 1, :self.n]             # (t + 1, hyps)
+        return [(k.flatten(0, 1)[slots].transpose(0, 1), v.flatten(0, 1)[slots].transpose(0, 1))
+                for k, v in zip(self.keys, self.values)]
+
+    def _grow(self, n: int, t: int) -> None:
+        """Make room for ``n`` hypotheses at position ``t`` (only when a caller exceeds the
+        capacities it was built with)."""
+        slots = max(self.slots, n if n <= self.slots else max(n, 2 * self.slots))
+        positions = max(self.positions, t + 1 if t < self.positions else max(t + 1, 2 * self.positions))
+        if (slots, positions) == (self.slots, self.positions):
+            return
+        def grown(buf):
+            if buf is None:
+                return None
+            new = buf.new_empty((positions, slots) + tuple(buf.shape[2:]))
+            new[:self.positions, :self.slots] = buf
+            return new
+        self.keys = [grown(b) for b in self.keys]
+        self.values = [grown(b) for b in self.values]
+        self.ancestor = grown(self.ancestor)
+        self.slots, self.positions = slots, positions
+
+    def _local(self, t: int) -> torch.Tensor:
+        """Prefix positions the decoder structure lets position ``t`` receive from (cached)."""
+        local = self._rows.get(t)
+        if local is None:
+            local = self._rows[t] = _row_edges(self.dec_fn, t + 1, t + 1, t).to(self.ancestor.device)
+        return local
 
     def step(self, tokens: torch.Tensor, t: int, sent: torch.Tensor) -> torch.Tensor:
-        n_hyp, device = tokens.numel(), tokens.device
+        n, device = tokens.numel(), tokens.device
+        self._grow(n, t)
         x = self.model.embed_tgt(tokens, torch.full_like(tokens, t))
-        # The growing graph: query node h (hypothesis h's new token) receives from key nodes
-        # h*(t+1) + j for the prefix positions j the decoder structure allows at position t
-        # (all j <= t for the causal graph); keys are the cached prefix plus the new nodes.
-        local = _row_edges(self.dec_fn, t + 1, t + 1, t)
-        self_graph = join([(local, torch.zeros_like(local))] * n_hyp, torch.arange(n_hyp) * (t + 1),
-                          torch.arange(n_hyp), n_hyp * (t + 1), n_hyp, device)
-        cross_graph = self.source.cross_graph(sent, t + 1, [t])
+        self.ancestor[t, :n] = torch.arange(n, device=device)
+        # The growing graph: query node h (hypothesis h's new token) receives from the slots
+        # of its ancestors at the prefix positions j the structure allows (all j <= t for the
+        # causal graph), its own new slot included; key nodes are the buffers' slots 0..(t+1)*S.
+        local = self._local(t)
+        src = (local[:, None] * self.slots + self.ancestor.index_select(0, local)[:, :n]).t().reshape(-1)
+        deg = local.numel()
+        indptr = torch.arange(0, (n + 1) * deg, deg, device=device)
+        dst = torch.arange(n, device=device).repeat_interleave(deg, output_size=n * deg)
+        self_graph = AttentionGraph(src, dst, (t + 1) * self.slots, n, indptr)
+        cross_graph = self.source.step_graph(sent, t)
 
         def hook(layer_idx):
             def extend(k, v):
-                old = self.cache[layer_idx]
-                k_all = k[:, None] if old is None else torch.cat([old[0], k[:, None]], 1)
-                v_all = v[:, None] if old is None else torch.cat([old[1], v[:, None]], 1)
-                self.cache[layer_idx] = (k_all, v_all)
-                return k_all.flatten(0, 1), v_all.flatten(0, 1)
+                if self.keys[layer_idx] is None:  # shapes are the block's (the mean block has no keys)
+                    self.keys[layer_idx] = k.new_empty((self.positions, self.slots) + tuple(k.shape[1:]))
+                    self.values[layer_idx] = v.new_empty((self.positions, self.slots) + tuple(v.shape[1:]))
+                kb, vb = self.keys[layer_idx], self.values[layer_idx]
+                kb[t, :n] = k
+                vb[t, :n] = v
+                return kb[:t + 1].flatten(0, 1), vb[:t + 1].flatten(0, 1)
             return extend
 
-        hooks = [hook(i) for i in range(len(self.cache))]
+        hooks = [hook(i) for i in range(self.n_layers)]
         h = self.model.decoder.step(self_graph, cross_graph, x, self.source.memory_kv, hooks)
+        self.t, self.n = t, n
         return self.model.log_probs(h)
 
     def reorder(self, parents: torch.Tensor) -> None:
-        self.cache = [None if c is None else (c[0][parents], c[1][parents]) for c in self.cache]
+        # Row h' continues row parents[h']: its ancestors are its parent's. Only the table moves.
+        t = self.t
+        self._grow(parents.numel(), t)
+        self.ancestor[:t + 1, :parents.numel()] = self.ancestor[:t + 1, :self.n].index_select(1, parents)
+        self.n = parents.numel()
 
 
 class _RecomputeState:
@@ -173,6 +282,75 @@ def _max_lengths(src_lens, max_len_a: float, max_len_b: int, limit: int) -> list
     return [max(1, min(int(max_len_a * n + max_len_b), limit - 1)) for n in src_lens]
 
 
+_BLOCK = 64   # vocabulary entries per block of _row_topk (fastest measured for 14.5k words, 1 thread)
+
+
+def _row_topk(x: torch.Tensor, k: int):
+    """``x.topk(k, dim=1)`` (values, indices; best first), computed on a few blocks of each row.
+
+    A row's k largest entries lie in the k blocks of ``_BLOCK`` entries with the largest
+    maxima (an entry outside them has at least k larger block maxima above it), so the
+    top-k runs on those blocks only: one max per block, then ``k * _BLOCK`` entries per
+    row instead of the vocabulary (about 3x faster than ``topk`` over 14.5k words; the
+    same entries, up to the order of exact ties, which ``topk`` leaves open too).
+    """
+    n, width = x.shape
+    blocks = width // _BLOCK
+    if blocks <= 2 * k:
+        return x.topk(k, dim=1)
+    main = x[:, :blocks * _BLOCK].view(n, blocks, _BLOCK)
+    best = main.amax(dim=2).topk(k, dim=1).indices                          # (n, k) blocks
+    cols = (best[:, :, None] * _BLOCK + torch.arange(_BLOCK, device=x.device)).reshape(n, -1)
+    if blocks * _BLOCK < width:                                             # the ragged tail: always a candidate
+        tail = torch.arange(blocks * _BLOCK, width, device=x.device).expand(n, -1)
+        cols = torch.cat([cols, tail], 1)
+    values, idx = x.gather(1, cols).topk(k, dim=1)
+    return values, cols.gather(1, idx)
+
+
+def _top_candidates(logp: torch.Tensor, scores: torch.Tensor, counts: list[int], k: int):
+    """The ``k`` best continuations of every sentence, over all its live hypotheses at once.
+
+    ``logp`` (hyps, vocab) are the live hypotheses' next-token log-probabilities, sentence
+    by sentence (``counts`` hypotheses each), ``scores`` (hyps,) float64 their sums so far.
+    Returns (scores (sents, k) float64 best first, parent row (sents, k), token (sents, k),
+    valid (sents, k)): a sentence with fewer than ``k`` candidates has invalid tail entries.
+
+    Two batched top-k's instead of one per sentence over (hypotheses x vocabulary) float64
+    sums: a sentence's k best candidates are among the k best tokens of each of its
+    hypotheses (adding a hypothesis's own score preserves the order within its row), so
+    only (hyps, k) candidates are widened to float64 and ranked; the sums are those the
+    full ranking would compute.
+    """
+    n, vocab = logp.shape
+    k1 = min(k, vocab)
+    top_lp, top_tok = _row_topk(logp, k1)                                     # (hyps, k1), on the device
+    cand = scores[:, None] + top_lp.double().cpu()                            # the float64 sums
+    top_tok = top_tok.cpu()
+    row = torch.arange(n)[:, None].expand(n, k1)
+    c = counts[0]
+    if all(x == c for x in counts):                                           # every sentence alike
+        width = min(k, c * vocab)
+        sc, idx = cand.reshape(len(counts), c * k1).topk(width, dim=1)
+        parent = row.reshape(len(counts), c * k1).gather(1, idx)
+        tok = top_tok.reshape(len(counts), c * k1).gather(1, idx)
+        valid = torch.ones_like(sc, dtype=torch.bool)
+    else:                                                                     # (only when vocab <= beam)
+        width = min(k, max(counts) * vocab)
+        sc = torch.full((len(counts), width), -torch.inf, dtype=torch.float64)
+        parent = torch.zeros(len(counts), width, dtype=torch.int64)
+        tok, valid = torch.zeros_like(parent), torch.zeros(len(counts), width, dtype=torch.bool)
+        start = 0
+        for i, c in enumerate(counts):
+            s_sc, s_idx = cand[start:start + c].reshape(-1).topk(min(k, c * vocab))
+            m = s_sc.numel()
+            sc[i, :m], valid[i, :m] = s_sc, True
+            parent[i, :m] = row[start:start + c].reshape(-1)[s_idx]
+            tok[i, :m] = top_tok[start:start + c].reshape(-1)[s_idx]
+            start += c
+    return sc, parent, tok, valid
+
+
 @torch.no_grad()
 def beam_search(model, src_seqs: Sequence[Sequence[int]], *, sos: int, eos: int, beam: int = 5,
                 alpha: float = 0.6, max_len_a: float = 1.0, max_len_b: int = 10,
@@ -184,6 +362,10 @@ def beam_search(model, src_seqs: Sequence[Sequence[int]], *, sos: int, eos: int,
     spec, device)``, when given, builds the decoder state instead of the graph's (any
     :class:`DecoderState`): the benchmarks run a dense baseline through this very search
     that way.
+
+    Every step ranks the candidates of all sentences at once (:func:`_top_candidates`) and
+    applies the rules below with tensor operations; only a hypothesis that finishes
+    becomes a Python object.
     """
     if beam < 1:
         raise ValueError(f"beam: expected a positive integer, got {beam!r}")
@@ -191,67 +373,58 @@ def beam_search(model, src_seqs: Sequence[Sequence[int]], *, sos: int, eos: int,
         return []
     spec = spec or GraphSpec()
     device = next(model.parameters()).device
+    n_sent = len(src_seqs)
+    max_lens = _max_lengths([len(s) for s in src_seqs], max_len_a, max_len_b, model.pos.max_len)
     if state_factory is None:
         source = _Source(model, src_seqs, spec, device)
-        state = (_IncrementalState if incremental else _RecomputeState)(model, source, spec)
+        state = (_IncrementalState(model, source, spec, max_hyps=n_sent * beam, max_positions=max(max_lens))
+                 if incremental else _RecomputeState(model, source, spec))
     else:
         state = state_factory(model, src_seqs, spec, device)
         if not isinstance(state, DecoderState):
             raise TypeError(f"state_factory: returned {type(state).__name__}, which lacks step(tokens, t, sent) "
                             "and reorder(parents) (see transformer_graph.inference.decoding.DecoderState)")
-    n_sent = len(src_seqs)
-    max_lens = _max_lengths([len(s) for s in src_seqs], max_len_a, max_len_b, model.pos.max_len)
     finished: list[list[Hypothesis]] = [[] for _ in range(n_sent)]
+    n_finished = torch.zeros(n_sent, dtype=torch.int64)
+    limit = torch.tensor(max_lens)
+    ranks = torch.arange(2 * beam)[None, :]
 
-    # Live hypotheses, flat; each sentence starts with a single <sos> hypothesis.
-    sent = torch.arange(n_sent)                       # sentence of each live hypothesis
+    # Live hypotheses, flat and sentence by sentence; each sentence starts with a single <sos>.
+    sent = torch.arange(n_sent)                        # sentence of each live hypothesis
     tokens = torch.full((n_sent,), sos, dtype=torch.int64)
     scores = torch.zeros(n_sent, dtype=torch.float64)  # raw log-prob sums
-    seqs: list[list[int]] = [[] for _ in range(n_sent)]
+    history = torch.zeros(n_sent, 0, dtype=torch.int64)  # the tokens generated so far
+    counts = [1] * n_sent                              # live hypotheses per live sentence
     t = 0
     while sent.numel():
-        logp = state.step(tokens.to(device), t, sent.to(device)).double().cpu()
-        vocab = logp.shape[-1]
-        new_sent, new_parent, new_tok, new_score = [], [], [], []
-        # Group live hypotheses by sentence (they are stored sentence by sentence).
-        sent_list = sent.tolist()
-        start = 0
-        while start < len(sent_list):
-            s = sent_list[start]
-            end = start
-            while end < len(sent_list) and sent_list[end] == s:
-                end += 1
-            cand = (scores[start:end, None] + logp[start:end]).reshape(-1)
-            top_scores, top_idx = cand.topk(min(2 * beam, cand.numel()))
-            at_limit = t + 1 >= max_lens[s]
-            kept = 0
-            for rank, (sc, idx) in enumerate(zip(top_scores.tolist(), top_idx.tolist())):
-                parent, tok = start + idx // vocab, idx % vocab
-                if tok == eos or at_limit:
-                    # eos within the top `beam` ranks finishes a hypothesis; at the length
-                    # limit the best live continuations are finished as they are.
-                    if rank < beam and len(finished[s]) < beam:
-                        toks = seqs[parent] + ([] if tok == eos else [tok])
-                        finished[s].append(Hypothesis(toks, sc / length_penalty(len(toks) + 1, alpha),
-                                                      sc, finished=tok == eos))
-                    continue
-                if kept < beam:
-                    new_sent.append(s)
-                    new_parent.append(parent)
-                    new_tok.append(tok)
-                    new_score.append(sc)
-                    kept += 1
-            if len(finished[s]) >= beam or at_limit:
-                # Sentence done: drop its live hypotheses.
-                while new_sent and new_sent[-1] == s:
-                    new_sent.pop(), new_parent.pop(), new_tok.pop(), new_score.pop()
-            start = end
-        if not new_sent:
+        logp = state.step(tokens.to(device), t, sent.to(device))
+        sc, parent, tok, valid = _top_candidates(logp, scores, counts, 2 * beam)
+        sents = sent[torch.tensor(counts).cumsum(0) - 1]                      # the live sentences
+        rank = ranks[:, :sc.shape[1]]
+        at_limit = (t + 1 >= limit[sents])[:, None]
+        # <eos> within the top `beam` ranks finishes a hypothesis (while its sentence has fewer
+        # than `beam` finished ones); at the length limit the best live continuations are
+        # finished as they are. Other candidates continue, the best `beam` of them.
+        ending = valid & ((tok == eos) | at_limit)
+        candidate = ending & (rank < beam)
+        take = candidate & (n_finished[sents][:, None] + candidate.cumsum(1) <= beam)
+        going = valid & ~ending
+        keep = going & (going.cumsum(1) <= beam)
+        for i, r in take.nonzero().tolist():
+            s, p, tk, score = int(sents[i]), int(parent[i, r]), int(tok[i, r]), float(sc[i, r])
+            toks = history[p].tolist() + ([] if tk == eos else [tk])
+            finished[s].append(Hypothesis(toks, score / length_penalty(len(toks) + 1, alpha), score,
+                                          finished=tk == eos))
+        n_finished[sents] += take.sum(1)
+        # A sentence with `beam` finished hypotheses, or at its limit, is done: its live ones go.
+        keep &= ~((n_finished[sents] >= beam)[:, None] | at_limit)
+        if not bool(keep.any()):
             break
-        parents = torch.tensor(new_parent)
-        seqs = [seqs[p] + [tok] for p, tok in zip(new_parent, new_tok)]
-        sent, tokens = torch.tensor(new_sent), torch.tensor(new_tok)
-        scores = torch.tensor(new_score, dtype=torch.float64)
+        counts = [c for c in keep.sum(1).tolist() if c]
+        parents = parent[keep]
+        sent = sents[:, None].expand_as(keep)[keep]
+        tokens, scores = tok[keep], sc[keep]
+        history = torch.cat([history[parents], tokens[:, None]], 1)
         state.reorder(parents.to(device))
         t += 1
     return [sorted(f, key=lambda h: -h.score)[:n_best] for f in finished]

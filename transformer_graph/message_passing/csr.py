@@ -79,9 +79,14 @@ class CsrPattern:
         if self.heads == 1:
             return flat  # one head: entries are the edges, in edge order
         if self.edge_major is None:
-            _, _, row, single = _rows(self.single_crow, self.heads)
-            self.edge_major = single * self.heads + row % self.heads
+            pos = self.positions().reshape(-1)
+            self.edge_major = torch.empty_like(pos).scatter_(0, pos, torch.arange(pos.numel(), device=pos.device))
         return flat.index_select(0, self.edge_major)
+
+    def positions(self) -> torch.Tensor:
+        """(E, H): the position among this matrix's entries of (edge e, head h)."""
+        return _entry_positions(self.single_crow, self.dst, torch.arange(self.dst.numel(), device=self.dst.device),
+                                self.heads)
 
     def _csr(self, crow, col, values, rows, cols):
         return torch.sparse_csr_tensor(crow, col, values, (rows, cols))
@@ -123,12 +128,8 @@ class CsrPattern:
 
     def edge_head(self, values: torch.Tensor) -> torch.Tensor:
         """Entry values (E*H,) as an (E, H) tensor indexed by (edge id, head)."""
-        h = self.heads
-        heads = torch.arange(h, device=values.device)
-        e = torch.arange(self.dst.numel(), device=values.device)
-        first = self.offsets[self.dst[:, None] * h + heads]             # row start of (dst(e), h)
-        pos = first + (e - self.single_crow[self.dst])[:, None]          # + e's rank among dst's in-edges
-        return values[pos]
+        pos = self.positions()
+        return values.index_select(0, pos.reshape(-1)).view(pos.shape)
 
 
 def _mm(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -138,26 +139,44 @@ def _mm(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.addmm(out, m, x, beta=0.0, out=out)
 
 
-def _rows(crow: torch.Tensor, heads: int):
-    """For the interleaved matrix of a one-head CSR: its row pointers, row lengths,
-    and for every entry its row r = i*H + h and its position e in the one-head CSR."""
+def _row_pointers(crow: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row pointers and row lengths of the interleaved (node*H + head) matrix of a one-head CSR
+    with row pointers ``crow``: row i*H + h starts at H*crow[i] + h*deg(i) and has deg(i) entries."""
     deg = crow.diff()
-    lens = deg.repeat_interleave(heads)
-    offsets = torch.cat([lens.new_zeros(1), lens.cumsum(0)])
-    nnz = int(offsets[-1])
-    row = torch.arange(lens.numel(), device=crow.device).repeat_interleave(lens, output_size=nnz)
-    single = crow[torch.div(row, heads, rounding_mode="floor")] + (torch.arange(nnz, device=crow.device) - offsets[row])
-    return offsets, lens, row, single
+    heads_ = torch.arange(heads, device=crow.device)
+    starts = (heads * crow[:-1, None] + deg[:, None] * heads_).reshape(-1)
+    offsets = torch.cat([starts, (heads * crow[-1:])])
+    return offsets, deg[:, None].expand(-1, heads).reshape(-1)
+
+
+def _entry_positions(crow: torch.Tensor, row: torch.Tensor, rank: torch.Tensor, heads: int) -> torch.Tensor:
+    """(E, H) positions in the interleaved matrix of the one-head entries whose row is ``row``
+    and whose position in the one-head CSR (row pointers ``crow``) is ``rank``: entry (e, h)
+    sits in row row[e]*H + h at offset rank[e] - crow[row[e]] from the row's start,
+    i.e. at H*crow[r] + h*deg(r) + rank[e] - crow[r] (r = row[e])."""
+    first = crow.index_select(0, row)
+    deg = crow[1:].index_select(0, row) - first
+    return ((heads - 1) * first + rank)[:, None] + deg[:, None] * torch.arange(heads, device=row.device)
+
+
+def _scatter(positions: torch.Tensor, values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The (numel,) tensor with ``values`` at ``positions`` (a permutation), as ``dtype``."""
+    out = torch.empty(positions.numel(), dtype=dtype, device=positions.device)
+    return out.scatter_(0, positions.reshape(-1), values.reshape(-1).to(dtype))
 
 
 def pattern_of(graph, heads: int) -> CsrPattern:
     """The :class:`CsrPattern` of ``graph`` (an AttentionGraph) for ``heads`` heads, built once
-    and cached on the graph."""
+    and cached on the graph.
+
+    Built edge by edge rather than entry by entry: every (edge, head) entry's position follows
+    from its row's start and its rank in the row (:func:`_entry_positions`), so the indices are
+    written with one scatter per array and no search over the E*H entries."""
     key = ("csr", heads)
     pattern = graph.derived.get(key)
     if pattern is not None:
         return pattern
-    crow, col = graph.indptr, graph.src                # in-edges: rows are query (dst) nodes
+    crow, col, dst = graph.indptr, graph.src, graph.dst     # in-edges: rows are query (dst) nodes
     n_q, n_k, e = graph.num_dst_nodes(), graph.num_src_nodes(), graph.num_edges()
     # The reverse (rows are keys): edges sorted by key, stably; eids_t are their edge ids.
     eids_t = torch.sort(col, stable=True).indices
@@ -165,18 +184,21 @@ def pattern_of(graph, heads: int) -> CsrPattern:
     # int32 indices: MKL's sparse kernels take them as they are (int64 would be
     # converted on every call); int64 only when the index space needs it.
     idx = torch.int32 if heads * max(e, n_q + 1, n_k + 1) < 2 ** 31 else torch.int64
-    offsets, lens, row, single = _rows(crow, heads)
-    col_h = col[single] * heads + row % heads
-    offsets_t, _, row_t, single_t = _rows(crow_t, heads)
-    # Reverse entry (key j, head h, edge eid) sits in this matrix at row dst*H + h,
-    # at the edge's rank among dst's in-edges.
-    edge_t = eids_t[single_t]
-    dst = graph.dst
-    col_th = dst[edge_t] * heads + row_t % heads
-    perm_t = offsets[dst[edge_t] * heads + row_t % heads] + (edge_t - crow[dst[edge_t]])
-    pattern = CsrPattern(heads=heads, n_q=n_q, n_k=n_k, crow=offsets.to(idx), col=col_h.to(idx),
-                         offsets=offsets, lens=lens, crow_t=offsets_t.to(idx), col_t=col_th.to(idx),
-                         perm_t=perm_t.to(idx), dst=dst, single_crow=crow)
+    offsets, lens = _row_pointers(crow, heads)
+    offsets_t, _ = _row_pointers(crow_t, heads)
+    if heads == 1:   # entries are the edges: the forward positions are the edge ids
+        col_h, col_th, perm_t = col.to(idx), dst.index_select(0, eids_t).to(idx), eids_t.to(idx)
+    else:
+        head = torch.arange(heads, device=col.device)
+        pos = _entry_positions(crow, dst, torch.arange(e, device=col.device), heads)
+        rank_t = torch.empty_like(eids_t).scatter_(0, eids_t, torch.arange(e, device=col.device))
+        pos_t = _entry_positions(crow_t, col, rank_t, heads)
+        col_h = _scatter(pos, col[:, None] * heads + head, idx)       # entry (e, h): key column j*H + h
+        col_th = _scatter(pos_t, dst[:, None] * heads + head, idx)    # reverse entry: query column i*H + h
+        perm_t = _scatter(pos_t, pos, idx)                            # reverse entry -> its position here
+    pattern = CsrPattern(heads=heads, n_q=n_q, n_k=n_k, crow=offsets.to(idx), col=col_h,
+                         offsets=offsets, lens=lens, crow_t=offsets_t.to(idx), col_t=col_th,
+                         perm_t=perm_t, dst=dst, single_crow=crow)
     graph.derived[key] = pattern
     return pattern
 
@@ -194,11 +216,20 @@ def _compute(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
+def _kept(x: torch.Tensor) -> torch.Tensor:
+    """What a kernel saves of a feature tensor for its backward pass: float32/64 features
+    contiguous, so that the forward and both backward products read the same copy (q, k and
+    v are strided views of one fused projection; MKL needs dense rows, and each use made its
+    own copy); low-precision ones as they are (widening makes a contiguous copy anyway)."""
+    return x.contiguous() if x.dtype in (torch.float32, torch.float64) else x
+
+
 class _ScoresSoftmax(torch.autograd.Function):
     """phi then the softmax of □: (E*H,) attention weights from q (n_q, H, d), k (n_k, H, d)."""
 
     @staticmethod
     def forward(ctx, pattern: CsrPattern, q, k, scale: float):
+        q, k = _kept(q), _kept(k)
         with torch.autocast("cpu", enabled=False):
             weights = pattern.softmax(pattern.sddmm(_compute(q), _compute(k), scale))
         ctx.save_for_backward(q, k, weights)
@@ -222,6 +253,7 @@ class _WeightedSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, pattern: CsrPattern, w, v):
+        v = _kept(v)
         with torch.autocast("cpu", enabled=False):
             out = pattern.spmm(w, _compute(v))
         ctx.save_for_backward(w, v)

@@ -252,16 +252,20 @@ class EncoderDecoder(nn.Module):
     def _after_forward(self) -> None:
         """Called after each forward pass (the Universal Transformer collects ACT statistics)."""
 
-    def forward(self, batch: GraphBatch, return_attention: bool = False):
+    def forward(self, batch: GraphBatch, return_attention: bool = False, logits: bool = False):
+        """Log-probabilities (num_target_nodes, tgt_vocab), with the attention weights when
+        ``return_attention``. ``logits=True`` returns the generator's output before the
+        log-softmax instead, for :func:`~transformer_graph.nn.loss.label_smoothed_loss_from_logits`
+        (training: one (nodes x vocabulary) tensor fewer, no log-softmax pass of its own)."""
         memory, w_enc = self.encode(batch, return_attention)
         h, w_dec, w_cross = self.decoder(batch.graphs.dec, batch.graphs.cross,
                                          self.embed_tgt(batch.tgt, batch.tgt_pos), memory,
                                          return_attention)
         self._after_forward()
-        logp = self.log_probs(h)
+        out = self.generator(h) if logits else self.log_probs(h)
         if return_attention:
-            return logp, {"enc": w_enc, "dec": w_dec, "cross": w_cross}
-        return logp
+            return out, {"enc": w_enc, "dec": w_dec, "cross": w_cross}
+        return out
 
 
 @dataclass(frozen=True)

@@ -33,12 +33,13 @@ from transformer_graph.train.distributed import (Collectives, evaluators, local_
                                                  resume_position, seed_rank, step_denominators, wrap_model)
 from transformer_graph.inference.evaluation import bleu_tokenized, exact_match
 from transformer_graph.experiment import Experiment, build_experiment, build_model, vocab_paths
-from transformer_graph.nn.loss import label_smoothed_loss, token_correct
+from transformer_graph.nn.loss import label_smoothed_loss_from_logits, token_correct
 from transformer_graph.message_passing.base import set_engine
 from transformer_graph.message_passing.engines import resolve_engine
 from transformer_graph.train import resume as resuming
 from transformer_graph.train.run_dir import check_fresh, check_writable, create, remove_stale_temp_files
 from transformer_graph.train.signals import deferred_signals, stop_requests
+from transformer_graph.threads import apply_threads
 
 
 class TrainingError(RuntimeError):
@@ -82,8 +83,8 @@ class Trainer:
         self.rank, self.world_size, self.quiet = rank, world_size, quiet
         self.is_main = rank == 0
         t = cfg.train
-        if t.threads:
-            torch.set_num_threads(t.threads)
+        # train.threads, or (null) the CPUs this process may use that are idle, shared by the ranks
+        apply_threads(t.threads, "train.threads", processes=world_size)
         if t.tune_malloc:  # glibc has one allocator per process: set once, before the first large tensor
             tune_malloc()
         self.device = resolve_device(t.device)
@@ -361,13 +362,17 @@ class Trainer:
             ctx = self.model.no_sync() if (not sync and hasattr(self.model, "no_sync")) else nullcontext()
             with ctx:
                 with self.autocast():
-                    logp = self.model(batch)
-                loss_sum, nll_sum = label_smoothed_loss(logp.float(), batch.labels, o.label_smoothing, pad)
+                    # Logits, not log-probabilities: the fused loss does the log-softmax itself,
+                    # without a second (nodes x vocabulary) tensor or, under bf16, any cast of one.
+                    logits = self.model(batch, logits=True)
+                loss_sum, nll_sum = label_smoothed_loss_from_logits(logits, batch.labels, o.label_smoothing, pad)
+                correct = token_correct(logits.detach(), batch.labels)   # argmax(logits) = argmax(logp)
+                del logits   # the loss keeps what backward needs; the logits need not live through it
                 ntok = batch.labels.numel()
                 loss = loss_sum / ntok
                 if not torch.isfinite(loss):
                     raise TrainingError(
-                        f"non-finite loss ({float(loss)}) at epoch {self.progress.epoch + 1}, step "
+                        f"non-finite loss ({float(loss.detach())}) at epoch {self.progress.epoch + 1}, step "
                         f"{self.progress.step + 1}; stopping. {last_checkpoint_status(self.run_dir)} "
                         f"(try a smaller optim.factor or "
                         f"set optim.clip_grad)")
@@ -376,11 +381,12 @@ class Trainer:
                 # weighted ACT ponder cost, see transformer_graph.nn.universal); None for others.
                 aux = getattr(self.raw_model, "aux_loss", None)
                 ((main if aux is None else main + aux) / len(group)).backward()
-            total_loss += float(loss_sum)
+            loss_value = float(loss_sum.detach())   # (float() of a tensor needing grad warns in torch 2.13)
+            total_loss += loss_value
             total_tokens += ntok
-            sums["loss"] += float(loss_sum)
+            sums["loss"] += loss_value
             sums["nll"] += float(nll_sum)
-            sums["correct"] += token_correct(logp.detach(), batch.labels)
+            sums["correct"] += correct
             sums["tokens"] += ntok
             sums["nodes"] += batch.num_tokens
         if o.clip_grad is not None:
