@@ -171,15 +171,19 @@ def _attention_md(a: dict) -> list[str]:
 
 def _ceiling_md(c: dict) -> list[str]:
     lines = ["## 4. Machine ceiling and model FLOP/s", ""]
-    lines += _table(["matrix product", "n", "GFLOP/s"],
-                    [[f"{v['dtype']} n x n @ n x n", v["n"], v["gflops_per_s"]] for v in c["matmul"].values()])
+    kernels = [[f"{v['dtype']} n x n @ n x n, torch.mm", v["n"], v["gflops_per_s"]] for v in c["matmul"].values()]
+    kernels += [[f"{v['dtype']} n x n @ n x n, {v['kernel']}", v["n"], v["gflops_per_s"]]
+                for v in (c.get("onednn") or {}).values() if v]
+    lines += _table(["matrix product", "n", "GFLOP/s"], kernels)
     if c["model_flops"]:
         lines += ["Model FLOP/s count the useful matrix-product FLOPs of a training step (no padding, "
                   "see bench/flops.py) per second; executed counts what the dense model "
-                  "computes including padding. Fraction: model FLOP/s over the same-precision ceiling.", ""]
-        lines += _table(["size", "model", "precision", "model GFLOP/s", "executed GFLOP/s", "fraction of ceiling"],
+                  "computes including padding. Fraction: model FLOP/s over the same-precision torch.mm "
+                  "ceiling, and over the fastest kernel measured (the machine's ceiling).", ""]
+        lines += _table(["size", "model", "precision", "model GFLOP/s", "executed GFLOP/s", "fraction of ceiling",
+                         "fraction of fastest"],
                         [[r["size"], r["model"], r["precision"], r["model_gflops_per_s"], r["executed_gflops_per_s"],
-                          r["fraction_of_ceiling"]] for r in c["model_flops"]])
+                          r["fraction_of_ceiling"], r.get("fraction_of_fastest")] for r in c["model_flops"]])
     return lines
 
 

@@ -106,6 +106,10 @@ def test_quick_benchmark_writes_markdown_json_and_plots(tmp_path, capsys, monkey
     c = r["ceiling"]
     assert c["matmul"]["fp32"]["gflops_per_s"] > 0 and c["matmul"]["bf16"]["gflops_per_s"] > 0
     assert len(c["model_flops"]) == 8 and all(0 < x["fraction_of_ceiling"] for x in c["model_flops"])
+    # The machine's ceiling is the fastest kernel measured (torch.mm, oneDNN's linear where built in).
+    for prec in ("fp32", "bf16"):
+        assert c["fastest_gflops_per_s"][prec] >= c["matmul"][prec]["gflops_per_s"]
+    assert all(0 < x["fraction_of_fastest"] <= x["fraction_of_ceiling"] for x in c["model_flops"])
 
     p = r["profile"]
     models = ("graph", "graph_dgl_kernels", "dense") if _dgl.available() else ("graph", "dense")
