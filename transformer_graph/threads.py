@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-SAMPLE_SECONDS = 0.15   # /proc/stat counts in 10 ms ticks: 15 ticks per CPU, enough to tell busy from idle
+SAMPLE_SECONDS = 0.1    # /proc/stat counts in 10 ms ticks: 10 per CPU, enough to tell busy from idle
 
 
 class ThreadsError(ValueError):
