@@ -89,7 +89,9 @@ def run(argv: list[str] | None = None) -> dict:
             trainer = Trainer(cfg, run_dir, resume=bool(args.resume), rank=rank, world_size=world_size,
                               quiet=args.quiet)
             summary = trainer.fit()
-        shutdown(dist_ctx)  # the test evaluation below is rank 0's alone: no peer should wait for it
+            # The DDP wrapper holds the process group: free it while the group still stands.
+            trainer.model = trainer.raw_model
+        shutdown(dist_ctx, sync=True)  # the test evaluation below is rank 0's alone: no peer should wait for it
         # A run stopped by a signal is meant to be resumed, not judged: no test pass.
         # Ctrl-C here is no longer the trainer's: it interrupts the evaluation (exit code 130).
         if not args.no_test and trainer.is_main and not summary["stopped_by"].startswith("signal"):

@@ -177,9 +177,17 @@ def init_from_env(device: str = "cpu", env=None) -> DistContext | None:
     return DistContext(rank, world_size, local_rank, backend, timeout)
 
 
-def shutdown(ctx: DistContext | None) -> None:
-    """Leave the process group (idempotent; nothing to do outside torchrun)."""
+def shutdown(ctx: DistContext | None, sync: bool = False) -> None:
+    """Leave the process group (idempotent; nothing to do outside torchrun).
+
+    ``sync``: first wait for every rank at a barrier, so no rank tears gloo down while a peer
+    still has an operation in flight (seen under load: a SIGABRT or a hang in
+    ``~ProcessGroupGloo`` of the rank that left last). Only where every rank gets there: after
+    a normal end of training, never on a failure path.
+    """
     if ctx is not None and dist.is_initialized():
+        if sync:
+            dist.barrier()
         dist.destroy_process_group()
 
 
