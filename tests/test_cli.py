@@ -19,14 +19,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from transformer_graph.cli import errors, evaluate, fetch, plot_act, train, translate, visualize
+from transformer_graph.cli import errors, evaluate, fetch, plot_act, reproduce, train, translate, visualize
 from transformer_graph.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {"tg-train": train, "tg-evaluate": evaluate, "tg-translate": translate, "tg-visualize": visualize,
-            "tg-plot-act": plot_act, "tg-fetch-multi30k": fetch}
+            "tg-plot-act": plot_act, "tg-fetch-multi30k": fetch, "tg-reproduce": reproduce}
 SCRIPTS = {"train.py": "train", "evaluate.py": "evaluate", "translate.py": "translate",
-           "visualize.py": "visualize", "plot_act.py": "plot_act", "fetch_multi30k.py": "fetch"}
+           "visualize.py": "visualize", "plot_act.py": "plot_act", "fetch_multi30k.py": "fetch",
+           "reproduce.py": "reproduce"}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TINY = {"model": dict(layers=1, d_model=16, d_ff=32, heads=2, max_len=32),
         "data": dict(task="copy", train_size=16, valid_size=4, test_size=4, batch_size=8, alphabet="abcd"),

@@ -287,12 +287,14 @@ def test_fetch_with_fake_opener(tmp_path):
 
     dest = tmp_path / "dl"
     done = multi30k.fetch(dest, opener=opener)
-    assert set(done.values()) == {"downloaded"} and len(done) == 6
+    assert set(done.values()) == {"downloaded"} and len(done) == 10  # six + the four test-2017 files
     assert all(u.startswith(multi30k.BASE_URL + "/") for u in requested)
-    assert {p.name for p in dest.iterdir()} == set(multi30k.expected_files())  # no temp files left
-    assert set(multi30k.fetch(dest, opener=opener).values()) == {"exists"} and len(requested) == 6
+    assert {p.name for p in dest.iterdir()} == {*multi30k.expected_files(), *multi30k.extra_files()}  # no temp
+    assert "test_2017_mscoco.de.gz" in done and "test_2017_flickr.en.gz" in done
+    assert set(multi30k.fetch(dest, opener=opener).values()) == {"exists"} and len(requested) == 10
     multi30k.fetch(dest, opener=opener, force=True)
-    assert len(requested) == 12
+    assert len(requested) == 20
+    assert len(multi30k.fetch(tmp_path / "six", opener=opener, test_2017=False)) == 6
     # the wrong line counts are found by the verification the script runs afterwards
     assert any("has 1 lines, expected 29000" in p for p in multi30k.verify_dir(dest))
 
@@ -331,7 +333,7 @@ def test_default_data_dir_is_the_current_directorys_not_the_packages(tmp_path, m
     monkeypatch.setenv("MULTI30K_DIR", str(tmp_path / "env"))
     assert multi30k.default_data_dir() == tmp_path / "env"
     fetched = multi30k.fetch(opener=lambda url: io.BytesIO(gzip.compress(b"x\n")))
-    assert set(fetched.values()) == {"downloaded"} and len(list((tmp_path / "env").iterdir())) == 6
+    assert set(fetched.values()) == {"downloaded"} and len(list((tmp_path / "env").iterdir())) == 10
 
 
 def test_load_multi30k_cache_rebuilt_on_change(tmp_path, monkeypatch):

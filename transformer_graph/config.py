@@ -137,6 +137,13 @@ class DataConfig:
                              choices=("skip", "truncate"))
     joint_vocab: bool = _field(False, "One vocabulary built from both languages.")
     lowercase: bool = _field(False, "Lowercase text before tokenizing.")
+    subwords: str = _field("none", "Split words into subword pieces with a joint SentencePiece model trained on the "
+                           "training split: 'bpe' or 'unigram'; 'none' keeps a word vocabulary "
+                           "(transformer_graph/data/subwords.py).", choices=("none", "bpe", "unigram"))
+    subword_vocab_size: int = _field(8000, "Pieces of the SentencePiece model (data.subwords), its 256 byte "
+                                     "pieces included.", min=300)
+    subword_model: str | None = _field(None, "A trained SentencePiece .model file to use instead of training "
+                                       "one (data.subwords must name its kind).")
     batch_size: int = _field(128, "Sentences per batch.", min=1)
     max_tokens: int | None = _field(None, "Token budget per batch; when set it takes precedence over batch_size.",
                                        min=1)

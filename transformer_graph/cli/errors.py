@@ -21,13 +21,14 @@ from transformer_graph.checkpoint import CheckpointError
 from transformer_graph.config import ConfigError
 from transformer_graph.data.datasets import DataError
 from transformer_graph.train.distributed import DistributedError
+from transformer_graph.train.reproduce import SeedRunError
 from transformer_graph.train.trainer import TrainingError
 
 # Everything a user can cause and fix. All but TrainingError (a RuntimeError: the run itself
 # failed, e.g. a NaN loss) are ValueErrors; ValueError stays last for the library's plain ones
 # ("beam: expected a positive integer, got 0").
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError, CheckpointError, DataError, TrainingError, DistributedError, ValueError)
+    ConfigError, CheckpointError, DataError, TrainingError, SeedRunError, DistributedError, ValueError)
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a job stopped by Ctrl-C
 

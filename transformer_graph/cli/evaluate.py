@@ -39,6 +39,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--full-recompute", action="store_true",
                     help="decode by rerunning the whole prefix at every step (the reference's way; slower) "
                          "instead of the incremental decoder state")
+    ap.add_argument("--allow-unk", action="store_true",
+                    help="let the decoder emit <unk> (masked by default): shows where a word vocabulary "
+                         "cannot express the translation")
     ap.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N sentences (default: all)")
     ap.add_argument("--json", metavar="PATH",
                     help="also write the checkpoint, hypotheses file and metrics to this JSON file (default: none)")
@@ -58,7 +61,8 @@ def run(argv: list[str] | None = None) -> dict:
     with readable_warnings():
         result = evaluate_checkpoint(args.checkpoint, split=args.split, beam=args.beam, alpha=args.alpha,
                                      src_file=args.src_file, ref_file=args.ref_file, hyp_file=args.hyp_file,
-                                     incremental=not args.full_recompute, limit=args.limit)
+                                     incremental=not args.full_recompute, limit=args.limit,
+                                     allow_unk=args.allow_unk)
     result["metrics"]["threads"] = threads   # beside decode_time_s: what the timing ran on
     for k, v in result["metrics"].items():
         print(f"{k:<16} {v:.4f}" if isinstance(v, float) else f"{k:<16} {v}")

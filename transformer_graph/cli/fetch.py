@@ -19,9 +19,12 @@ EXIT_PROBLEMS = 1
 def parser() -> argparse.ArgumentParser:
     ap = make_parser(
         "tg-fetch-multi30k",
-        "Download the six Multi30k files ({train,val,test_2016_flickr}.{en,de}.gz) into a directory, "
-        "skipping files already there, then verify them: every file present, 29000/1014/1000 lines, "
-        "the same number in en and de. Training finds the data through data.path, else "
+        "Download the six Multi30k files ({train,val,test_2016_flickr}.{en,de}.gz) and the official "
+        "test-2017 sets ({test_2017_flickr,test_2017_mscoco}.{en,de}.gz, for tg-evaluate "
+        "--src-file/--ref-file) "
+        "into a directory, skipping files already there, then verify them: every file present, "
+        "29000/1014/1000 (and 1000/461) lines, the same number in en and de. Training finds the data "
+        "through data.path, else "
         f"${DATA_DIR_ENV}, else ./{DEFAULT_DIR}.",
         ["tg-fetch-multi30k                                 # into ./data/multi30k (or $MULTI30K_DIR)",
          "tg-fetch-multi30k --dest ~/data/multi30k --force  # download again",
@@ -30,8 +33,9 @@ def parser() -> argparse.ArgumentParser:
                     help=f"target directory (default: ${DATA_DIR_ENV} if set, else ./{DEFAULT_DIR} "
                          f"under the current directory)")
     ap.add_argument("--force", action="store_true", help="download every file again, even those present")
+    ap.add_argument("--no-test-2017", action="store_true", help="skip the four test-2017 files")
     ap.add_argument("--verify-only", action="store_true", help="download nothing, only verify --dest")
-    ap.add_argument("--base-url", default=BASE_URL, metavar="URL", help="where the six .gz files live")
+    ap.add_argument("--base-url", default=BASE_URL, metavar="URL", help="where the .gz files live")
     return ap
 
 
@@ -40,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     dest = args.dest if args.dest is not None else default_data_dir()
     if not args.verify_only:
-        for name, action in fetch(dest, force=args.force, base_url=args.base_url).items():
+        for name, action in fetch(dest, force=args.force, base_url=args.base_url,
+                                    test_2017=not args.no_test_2017).items():
             print(f"{action:>10}  {dest / name}")
     problems = verify_dir(dest)
     for p in problems:

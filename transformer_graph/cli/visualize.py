@@ -11,7 +11,7 @@ from transformer_graph.cli.checks import at_least
 from transformer_graph.cli.errors import command
 from transformer_graph.cli.help import make_parser
 from transformer_graph.cli.threads import add_threads_option, apply_threads_option
-from transformer_graph.experiment import build_experiment, graph_spec, load_trained
+from transformer_graph.experiment import build_experiment, graph_spec, load_trained, trained_text
 from transformer_graph.graphs.build import KINDS
 from transformer_graph.outputs import check_output_dir, check_output_file
 from transformer_graph.viz.attention import (example_attention, load_snapshots, text_attention, write_animation,
@@ -91,17 +91,18 @@ def run(argv: list[str] | None = None) -> list[Path]:
             print("note: only one snapshot; set viz.every_epoch: true to keep one per epoch", file=sys.stderr)
         return [path]
 
-    model, cfg, vocabs, _ = load_trained(args.checkpoint)
+    model, cfg, vocabs, ckpt = load_trained(args.checkpoint)
+    pipeline = trained_text(cfg, ckpt, args.checkpoint)
     with torch.no_grad():  # a scoped switch: callers (and tests) keep their grad mode
         if args.text is not None:
-            maps = text_attention(model, cfg, vocabs, args.text, graph_spec(cfg.model))
+            maps = text_attention(model, cfg, vocabs, args.text, graph_spec(cfg.model), pipeline)
             caption = "greedy output"
             src_vocab = vocabs[0]
             unk = sum(i == src_vocab.unk for i in src_vocab.encode(maps.src_tokens))
             if unk:
                 print(f"note: {unk} source token(s) are not in the vocabulary (<unk>)", file=sys.stderr)
         else:
-            maps = example_attention(model, build_experiment(cfg, vocabs), args.example, args.split)
+            maps = example_attention(model, build_experiment(cfg, vocabs, pipeline.subwords), args.example, args.split)
             caption = f"{args.split} example {args.example}"
     print("source:", " ".join(maps.src_tokens))
     print("target:", " ".join(maps.tgt_out_tokens))

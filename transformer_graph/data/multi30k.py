@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 # split name used in this package -> file prefix in the Multi30k repository
 FILE_PREFIX = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
 EXPECTED_LINES = {"train": 29000, "val": 1014, "test_2016_flickr": 1000}
+# The later official test sets, downloaded for users (tg-evaluate --src-file/--ref-file); training
+# does not need them, so a directory without them is still complete.
+EXTRA_LINES = {"test_2017_flickr": 1000, "test_2017_mscoco": 461}
 LANGS = ("en", "de")
 BASE_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw"
 
@@ -48,6 +51,11 @@ DEFAULT_DIR = Path("data", "multi30k")
 def expected_files() -> list[str]:
     """The six file names: ``{train,val,test_2016_flickr}.{en,de}.gz``."""
     return [f"{prefix}.{lang}.gz" for prefix in EXPECTED_LINES for lang in LANGS]
+
+
+def extra_files() -> list[str]:
+    """The four test-2017 file names: ``{test_2017_flickr,test_2017_mscoco}.{en,de}.gz``."""
+    return [f"{prefix}.{lang}.gz" for prefix in EXTRA_LINES for lang in LANGS]
 
 
 def _missing(path: Path) -> list[str]:
@@ -204,13 +212,18 @@ def load_multi30k(path: str | os.PathLike | None = None, cache_dir: str | os.Pat
 # Verification and download
 # --------------------------------------------------------------------------
 def verify_dir(path: str | os.PathLike) -> list[str]:
-    """Problems with a Multi30k directory (missing files, wrong or mismatched line counts); [] when OK."""
+    """Problems with a Multi30k directory (missing files, wrong or mismatched line counts); [] when OK.
+
+    The test-2017 files (:data:`EXTRA_LINES`) are checked when present; missing they are no
+    problem (training does not read them)."""
     path = Path(path)
     if not path.is_dir():
         return [f"directory {str(path)!r} does not exist"]
     problems = []
-    for prefix, expected in EXPECTED_LINES.items():
+    for prefix, expected in {**EXPECTED_LINES, **EXTRA_LINES}.items():
         counts = {}
+        if prefix in EXTRA_LINES and not any((path / f"{prefix}.{lang}.gz").is_file() for lang in LANGS):
+            continue
         for lang in LANGS:
             f = path / f"{prefix}.{lang}.gz"
             if not f.is_file():
@@ -234,8 +247,10 @@ def _default_opener(url: str):
 
 
 def fetch(dest: str | os.PathLike | None = None, force: bool = False,
-          opener: Callable[[str], object] | None = None, base_url: str = BASE_URL) -> dict[str, str]:
-    """Download the six files into ``dest`` (default :func:`default_data_dir`).
+          opener: Callable[[str], object] | None = None, base_url: str = BASE_URL,
+          test_2017: bool = True) -> dict[str, str]:
+    """Download the six files, and with ``test_2017`` the four test-2017 files (flickr and
+    mscoco), into ``dest`` (default :func:`default_data_dir`).
 
     Existing files are kept unless ``force``. ``opener(url)`` returns a
     readable context manager (``urllib.request.urlopen`` by default; tests
@@ -247,7 +262,7 @@ def fetch(dest: str | os.PathLike | None = None, force: bool = False,
     opener = opener or _default_opener
     dest.mkdir(parents=True, exist_ok=True)
     done = {}
-    for name in expected_files():
+    for name in expected_files() + (extra_files() if test_2017 else []):
         target = dest / name
         if target.is_file() and not force:
             done[name] = "exists"

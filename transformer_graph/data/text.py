@@ -80,3 +80,39 @@ def task_detokenize(data, tokens: Sequence[str]) -> str:
     if data.task in MOSES_TASKS:
         return moses_detokenize(tokens, data.tgt_lang)
     return " ".join(tokens)
+
+
+class TextPipeline:
+    """Raw text <-> the model's tokens for one task: its words (:func:`task_tokenize`), then, when
+    the run uses subwords, their SentencePiece pieces (:mod:`transformer_graph.data.subwords`).
+
+    ``words`` joins pieces back into word tokens: tokenised BLEU is computed on words for
+    word-level and subword models alike."""
+
+    def __init__(self, data, subwords=None):
+        self.data = data
+        self.subwords = subwords  # a SubwordModel or None
+
+    def words_of(self, lines: Sequence[str], lang: str) -> list[list[str]]:
+        """Word tokens of raw lines (no subword split)."""
+        return task_tokenize(self.data, lines, lang)
+
+    def pieces(self, word_lists: Sequence[Sequence[str]]) -> list[list[str]]:
+        """The model's tokens of word-token lists (the words themselves without subwords)."""
+        if self.subwords is None:
+            return [list(w) for w in word_lists]
+        return self.subwords.encode_all(word_lists)
+
+    def tokenize(self, lines: Sequence[str], lang: str) -> list[list[str]]:
+        """The model's tokens of raw lines."""
+        return self.pieces(self.words_of(lines, lang))
+
+    def words(self, tokens: Sequence[str]) -> list[str]:
+        """Word tokens of the model's (target) tokens."""
+        if self.subwords is None:
+            return list(tokens)
+        return self.subwords.decode(tokens)
+
+    def detokenize(self, tokens: Sequence[str]) -> str:
+        """Text of the model's target tokens."""
+        return task_detokenize(self.data, self.words(tokens))

@@ -31,6 +31,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from transformer_graph.data.datasets import Vocab
 from transformer_graph.data.batch import positions
 from transformer_graph.graphs.build import GraphSpec, batch_graph, join, pair_edges
 from transformer_graph.graphs.graph import AttentionGraph
@@ -355,8 +356,13 @@ def _top_candidates(logp: torch.Tensor, scores: torch.Tensor, counts: list[int],
 def beam_search(model, src_seqs: Sequence[Sequence[int]], *, sos: int, eos: int, beam: int = 5,
                 alpha: float = 0.6, max_len_a: float = 1.0, max_len_b: int = 10,
                 spec: GraphSpec | None = None, incremental: bool = True,
-                n_best: int = 1, state_factory=None) -> list[list[Hypothesis]]:
+                n_best: int = 1, state_factory=None,
+                forbid: Sequence[int] | None = None) -> list[list[Hypothesis]]:
     """Batched beam search; returns the ``n_best`` hypotheses of each sentence, best first.
+
+    The ids in ``forbid`` are never generated (their log-probabilities are set to -inf before
+    ranking); by default <pad>, <unk> and ``sos``, the vocabulary's fixed special ids: a
+    translation never contains them (pass ``forbid=()`` to rank every id).
 
     With ``beam=1`` this is exactly greedy decoding. ``state_factory(model, src_seqs,
     spec, device)``, when given, builds the decoder state instead of the graph's (any
@@ -384,6 +390,8 @@ def beam_search(model, src_seqs: Sequence[Sequence[int]], *, sos: int, eos: int,
         if not isinstance(state, DecoderState):
             raise TypeError(f"state_factory: returned {type(state).__name__}, which lacks step(tokens, t, sent) "
                             "and reorder(parents) (see transformer_graph.inference.decoding.DecoderState)")
+    banned = torch.tensor(sorted({int(i) for i in (default_forbidden(sos) if forbid is None else forbid)}
+                                 - {int(eos)}), dtype=torch.int64, device=device)
     finished: list[list[Hypothesis]] = [[] for _ in range(n_sent)]
     n_finished = torch.zeros(n_sent, dtype=torch.int64)
     limit = torch.tensor(max_lens)
@@ -398,7 +406,10 @@ def beam_search(model, src_seqs: Sequence[Sequence[int]], *, sos: int, eos: int,
     t = 0
     while sent.numel():
         logp = state.step(tokens.to(device), t, sent.to(device))
+        if banned.numel():
+            logp = logp.index_fill(1, banned, -torch.inf)
         sc, parent, tok, valid = _top_candidates(logp, scores, counts, 2 * beam)
+        valid &= sc > -torch.inf  # a forbidden id is no candidate, even where few ids are left
         sents = sent[torch.tensor(counts).cumsum(0) - 1]                      # the live sentences
         rank = ranks[:, :sc.shape[1]]
         at_limit = (t + 1 >= limit[sents])[:, None]
@@ -430,9 +441,17 @@ def beam_search(model, src_seqs: Sequence[Sequence[int]], *, sos: int, eos: int,
     return [sorted(f, key=lambda h: -h.score)[:n_best] for f in finished]
 
 
+def default_forbidden(sos: int) -> tuple[int, ...]:
+    """The ids a decoder never generates by default: <pad>, <unk> (fixed ids of every
+    :class:`~transformer_graph.data.datasets.Vocab`) and the start symbol."""
+    return (Vocab.pad, Vocab.unk, sos)
+
+
 def greedy(model, src_seqs: Sequence[Sequence[int]], *, sos: int, eos: int, max_len_a: float = 1.0,
-           max_len_b: int = 10, spec: GraphSpec | None = None, incremental: bool = True) -> list[list[int]]:
-    """Greedy decoding (arg-max at each step), batched; returns token ids per sentence."""
+           max_len_b: int = 10, spec: GraphSpec | None = None, incremental: bool = True,
+           forbid: Sequence[int] | None = None) -> list[list[int]]:
+    """Greedy decoding (arg-max at each step over the ids not in ``forbid``), batched; returns
+    token ids per sentence."""
     hyps = beam_search(model, src_seqs, sos=sos, eos=eos, beam=1, alpha=0.0, max_len_a=max_len_a,
-                       max_len_b=max_len_b, spec=spec, incremental=incremental)
+                       max_len_b=max_len_b, spec=spec, incremental=incremental, forbid=forbid)
     return [h[0].tokens for h in hyps]

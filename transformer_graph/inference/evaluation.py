@@ -10,8 +10,8 @@ import sacrebleu
 import torch
 
 from transformer_graph.data.datasets import Batcher, Dataset, check_lengths, collate, read_lines
-from transformer_graph.data.text import task_detokenize, task_tokenize
-from transformer_graph.experiment import TRANSLATION, build_experiment, graph_spec, load_trained
+from transformer_graph.data.text import task_detokenize
+from transformer_graph.experiment import TRANSLATION, build_experiment, graph_spec, load_trained, trained_text
 from transformer_graph.inference.decoding import beam_search
 from transformer_graph.graphs.build import GraphSpec
 from transformer_graph.nn.loss import label_smoothed_loss, token_correct
@@ -43,7 +43,7 @@ def evaluate_loss(model, dataset: Dataset, spec: GraphSpec, *, batch_size: int |
 def decode_dataset(model, src_seqs: Sequence[Sequence[int]], spec: GraphSpec, *, sos: int, eos: int,
                    beam: int = 1, alpha: float = 0.6, max_len_a: float = 1.0, max_len_b: int = 10,
                    incremental: bool = True, sentences_per_batch: int = 128, progress=None,
-                   state_factory=None) -> list[list[int]]:
+                   state_factory=None, forbid: Sequence[int] | None = None) -> list[list[int]]:
     """Decode many sentences, batching them by length so each batch ends at about the same step.
 
     ``state_factory`` is :func:`beam_search`'s (another decoder driven by the same search and
@@ -56,7 +56,7 @@ def decode_dataset(model, src_seqs: Sequence[Sequence[int]], spec: GraphSpec, *,
         chunk = order[start:start + per_batch]
         hyps = beam_search(model, [src_seqs[i] for i in chunk], sos=sos, eos=eos, beam=beam, alpha=alpha,
                            max_len_a=max_len_a, max_len_b=max_len_b, spec=spec, incremental=incremental,
-                           state_factory=state_factory)
+                           state_factory=state_factory, forbid=forbid)
         for i, h in zip(chunk, hyps):
             out[i] = h[0].tokens
         if progress is not None:
@@ -75,11 +75,31 @@ def check_counts(n_hyp: int, n_ref: int) -> None:
                          f"per reference sentence")
 
 
-def bleu_tokenized(hyps: Sequence[Sequence[str]], refs: Sequence[Sequence[str]]):
-    """BLEU on already tokenised text (sacrebleu tokenize='none'): the multi-bleu.perl protocol."""
+def bleu_tokenized(hyps: Sequence[Sequence[str]], refs: Sequence[Sequence[str]], lowercase: bool = False):
+    """BLEU on already tokenised text (sacrebleu tokenize='none'): the multi-bleu.perl protocol;
+    ``lowercase``: ``multi-bleu.perl -lc``, the protocol of the WMT multimodal task's findings."""
     check_counts(len(hyps), len(refs))
     return sacrebleu.corpus_bleu([" ".join(h) for h in hyps], [[" ".join(r) for r in refs]],
-                                 tokenize="none", force=True)
+                                 tokenize="none", force=True, lowercase=lowercase)
+
+
+def chrf(hyps: Sequence[str], refs: Sequence[str]):
+    """sacreBLEU's chrF on detokenised text: (score, signature)."""
+    check_counts(len(hyps), len(refs))
+    metric = sacrebleu.metrics.CHRF()
+    return metric.corpus_score(list(hyps), [list(refs)]), str(metric.get_signature())
+
+
+def translation_metrics(hyp_words: Sequence[Sequence[str]], ref_words: Sequence[Sequence[str]],
+                        hyp_text: Sequence[str], ref_text: Sequence[str]) -> dict:
+    """The full BLEU protocol: tokenised BLEU cased (``bleu_tok``, the reference's numbers) and
+    lowercased (``bleu_tok_lc``), detokenised sacreBLEU and chrF with their signatures."""
+    bleu, bleu_signature = bleu_detok(hyp_text, ref_text)
+    chrf_score, chrf_signature = chrf(hyp_text, ref_text)
+    return {"bleu_tok": bleu_tokenized(hyp_words, ref_words).score,
+            "bleu_tok_lc": bleu_tokenized(hyp_words, ref_words, lowercase=True).score,
+            "sacrebleu": bleu.score, "sacrebleu_signature": bleu_signature,
+            "chrf": chrf_score.score, "chrf_signature": chrf_signature}
 
 
 def bleu_detok(hyps: Sequence[str], refs: Sequence[str]):
@@ -102,17 +122,21 @@ def check_decoding_options(beam: int | None, alpha: float | None, limit: int | N
 
 def evaluate_checkpoint(path, split: str = "test", *, beam: int | None = None, alpha: float | None = None,
                         src_file=None, ref_file=None, hyp_file=None, incremental: bool = True,
-                        limit: int | None = None) -> dict:
+                        limit: int | None = None, allow_unk: bool = False) -> dict:
     """Metrics of a checkpoint on a split (or on raw parallel files); writes the hypotheses.
 
-    Translation tasks report tokenised BLEU (sacrebleu, tokenize='none', on the
-    Moses-tokenised references: the multi-bleu.perl protocol behind the
-    reference's numbers) and detokenised sacreBLEU with its signature.
+    Translation tasks report the full protocol (:func:`translation_metrics`): tokenised BLEU
+    cased and lowercased (sacrebleu, tokenize='none', on the Moses-tokenised references: the
+    multi-bleu.perl protocol behind the reference's numbers; subword output is joined back into
+    words first), and detokenised sacreBLEU and chrF on the raw references, with signatures.
+    Decoding never emits <pad>/<sos>, nor <unk> unless ``allow_unk`` (what a word vocabulary
+    cannot express: the old behaviour, for comparisons; ``unk_in_output`` counts them).
     Synthetic tasks report token accuracy and exact-match sequence accuracy. Every argument and
     the hypotheses' file are checked before any decoding.
     """
     check_decoding_options(beam, alpha, limit)
-    model, cfg, (src_vocab, tgt_vocab), _ = load_trained(path)
+    model, cfg, (src_vocab, tgt_vocab), ckpt = load_trained(path)
+    text = trained_text(cfg, ckpt, path)
     beam = cfg.eval.beam if beam is None else beam
     alpha = cfg.eval.alpha if alpha is None else alpha
     out = check_output_file(hyp_file or Path(path).with_name(
@@ -123,13 +147,12 @@ def evaluate_checkpoint(path, split: str = "test", *, beam: int | None = None, a
     if src_file:
         src_lines, raw_refs = read_lines(src_file, "source file"), read_lines(ref_file, "reference file")
         check_counts(len(src_lines), len(raw_refs))
-        pairs = list(zip(task_tokenize(cfg.data, src_lines, cfg.data.src_lang),
-                         task_tokenize(cfg.data, raw_refs, cfg.data.tgt_lang)))
+        pairs = list(zip(text.tokenize(src_lines, cfg.data.src_lang), text.tokenize(raw_refs, cfg.data.tgt_lang)))
         metrics["split"] = str(src_file)
         spec = graph_spec(cfg.model)
         dataset = Dataset.from_tokens(pairs, src_vocab, tgt_vocab)
     else:
-        exp = build_experiment(cfg, (src_vocab, tgt_vocab))
+        exp = build_experiment(cfg, (src_vocab, tgt_vocab), text.subwords)
         dataset, pairs, spec = exp.splits[split], exp.tokens[split], exp.spec
         if cfg.data.task == "multi30k":
             from transformer_graph.data.multi30k import load_raw  # noqa: PLC0415  (sacremoses: Multi30k only)
@@ -146,17 +169,17 @@ def evaluate_checkpoint(path, split: str = "test", *, beam: int | None = None, a
     start = time.time()
     hyps = decode_dataset(model, [s for s, _ in dataset.pairs], spec, sos=tgt_vocab.sos, eos=tgt_vocab.eos,
                           beam=beam, alpha=alpha, max_len_a=cfg.eval.max_len_a, max_len_b=cfg.eval.max_len_b,
-                          incremental=incremental)
+                          incremental=incremental,
+                          forbid=(tgt_vocab.pad, tgt_vocab.sos) if allow_unk else None)
     metrics["decode_time_s"] = time.time() - start
     metrics["sentences_per_s"] = len(hyps) / max(metrics["decode_time_s"], 1e-9)
-    hyp_tokens = [tgt_vocab.decode(h) for h in hyps]
-    hyp_text = [task_detokenize(cfg.data, t) for t in hyp_tokens]
+    hyp_words = [text.words(tgt_vocab.decode(h)) for h in hyps]
+    hyp_text = [task_detokenize(cfg.data, w) for w in hyp_words]
     if translation:
-        metrics["bleu_tok"] = bleu_tokenized(hyp_tokens, [t for _, t in pairs]).score
-        refs = raw_refs if raw_refs is not None else [" ".join(t) for _, t in pairs]
-        score, signature = bleu_detok(hyp_text, refs)
-        metrics["sacrebleu"] = score.score
-        metrics["sacrebleu_signature"] = signature
+        ref_words = [text.words(t) for _, t in pairs]
+        refs = raw_refs if raw_refs is not None else [" ".join(w) for w in ref_words]
+        metrics.update(translation_metrics(hyp_words, ref_words, hyp_text, refs))
+        metrics["unk_in_output"] = sum(w.count(tgt_vocab.itos[tgt_vocab.unk]) for w in hyp_words)
     else:
         metrics["exact_match"] = exact_match(hyps, [t for _, t in dataset.pairs])
     out.parent.mkdir(parents=True, exist_ok=True)

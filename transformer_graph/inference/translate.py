@@ -23,8 +23,8 @@ import torch
 
 from transformer_graph.config import Config
 from transformer_graph.data.datasets import Vocab
-from transformer_graph.data.text import task_detokenize, task_tokenize
-from transformer_graph.experiment import graph_spec, load_trained
+from transformer_graph.data.text import TextPipeline
+from transformer_graph.experiment import graph_spec, load_trained, trained_text
 from transformer_graph.inference.evaluation import decode_dataset
 from transformer_graph.graphs.build import GraphSpec
 
@@ -80,6 +80,11 @@ class Translator:
     beam: int
     alpha: float
     batch_size: int = 64   # sentences decoded together (divided by the beam size)
+    text: TextPipeline | None = None  # raw text <-> tokens (None: the config's words)
+
+    def __post_init__(self) -> None:
+        if self.text is None:
+            self.text = TextPipeline(self.cfg.data)
 
     @classmethod
     def from_checkpoint(cls, path, *, beam: int | None = None, alpha: float | None = None,
@@ -91,10 +96,10 @@ class Translator:
             raise ValueError(f"alpha: expected a non-negative number, got {alpha!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
-        model, cfg, (src_vocab, tgt_vocab), _ = load_trained(path, map_location)
+        model, cfg, (src_vocab, tgt_vocab), ckpt = load_trained(path, map_location)
         return cls(model, cfg, src_vocab, tgt_vocab, graph_spec(cfg.model),
                    cfg.eval.beam if beam is None else beam, cfg.eval.alpha if alpha is None else alpha,
-                   batch_size)
+                   batch_size, trained_text(cfg, ckpt, path))
 
     @property
     def max_src_len(self) -> int:
@@ -102,10 +107,10 @@ class Translator:
         return min(self.model.pos.max_len, self.cfg.data.max_src_len)
 
     def tokenize(self, lines: Sequence[str]) -> list[list[str]]:
-        return task_tokenize(self.cfg.data, list(lines), self.cfg.data.src_lang)
+        return self.text.tokenize(list(lines), self.cfg.data.src_lang)
 
     def detokenize(self, tokens: Sequence[str]) -> str:
-        return task_detokenize(self.cfg.data, list(tokens))
+        return self.text.detokenize(list(tokens))
 
     def encode(self, tokens: Sequence[str]) -> list[int]:
         """Source ids; unknown words -> <unk>. A literal '<sos>'/'<eos>'/'<pad>' typed by a user

@@ -18,8 +18,8 @@ from transformer_graph.checkpoint import (RESUME_SAFE_KEYS, CheckpointError, che
                                           fingerprint, fingerprint_differences, load_checkpoint,
                                           newest_intact_checkpoint)
 from transformer_graph.config import Config, ConfigDeprecationWarning, config_from_dict, config_to_dict, load_config
-from transformer_graph.data.datasets import build_vocabs
-from transformer_graph.experiment import Experiment
+
+from transformer_graph.experiment import Experiment, make_vocabs
 from transformer_graph.files import atomic_write_text
 
 
@@ -90,9 +90,7 @@ def check_config(ckpt: dict | None, path: Path | None, cfg: Config, run_dir: Pat
 def check_data(ckpt: dict, path: Path, exp: Experiment, run_dir: Path) -> None:
     """A :class:`ResumeError` when the data the config loads now is not what the checkpoint learned:
     another training split (fingerprint) or one that builds another vocabulary."""
-    d = exp.cfg.data
-    src, tgt = build_vocabs(exp.tokens["train"], joint=d.joint_vocab or exp.cfg.model.share_embeddings,
-                            min_freq=d.min_freq)
+    src, tgt = make_vocabs(exp.cfg, exp.tokens["train"], exp.text.subwords)
     saved = ckpt.get("fingerprint") or fingerprint(ckpt["src_vocab"], ckpt["tgt_vocab"])
     problems = fingerprint_differences(saved, fingerprint(src.to_dict(), tgt.to_dict(), exp.tokens["train"]))
     if problems:

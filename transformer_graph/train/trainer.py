@@ -31,8 +31,11 @@ from transformer_graph.train.device import resolve_device
 from transformer_graph.train.malloc import tune_malloc
 from transformer_graph.train.distributed import (Collectives, evaluators, local_device, restore_rank_rng,
                                                  resume_position, seed_rank, step_denominators, wrap_model)
-from transformer_graph.inference.evaluation import bleu_tokenized, exact_match
-from transformer_graph.experiment import Experiment, build_experiment, build_model, vocab_paths
+from transformer_graph.data.text import task_detokenize
+from transformer_graph.files import atomic_write_bytes
+from transformer_graph.inference.evaluation import exact_match, translation_metrics
+from transformer_graph.experiment import (SUBWORDS_FILE, Experiment, build_experiment, build_model,
+                                          checkpoint_subwords, vocab_paths)
 from transformer_graph.nn.loss import label_smoothed_loss_from_logits, token_correct
 from transformer_graph.message_passing.base import set_engine
 from transformer_graph.message_passing.engines import resolve_engine
@@ -101,19 +104,20 @@ class Trainer:
             # (None, None): the run stopped before its first checkpoint and starts over from step 0
             self.resumed_from, ckpt = resuming.load_resume_checkpoint(self.run_dir)
             resuming.check_config(ckpt, self.resumed_from, cfg, self.run_dir)
-            vocabs = None
+            vocabs, subwords = None, None
             if ckpt is not None:
                 vocabs = (Vocab.from_dict(ckpt["src_vocab"]), Vocab.from_dict(ckpt["tgt_vocab"]))
                 if ckpt["src_vocab"] == ckpt["tgt_vocab"]:
                     vocabs = (vocabs[0], vocabs[0])
+                subwords = checkpoint_subwords(ckpt, cfg, vocabs, self.resumed_from)
         else:
             self.resumed_from = None
-            vocabs = None
+            vocabs, subwords = None, None
             if self.is_main:
                 check_fresh(self.run_dir)
         torch.manual_seed(t.seed)
         random.seed(t.seed)
-        self.exp: Experiment = build_experiment(cfg, vocabs)
+        self.exp: Experiment = build_experiment(cfg, vocabs, subwords)
         if ckpt is not None:
             resuming.check_data(ckpt, self.resumed_from, self.exp, self.run_dir)
         check_lengths(self.exp.tokens, cfg.model.max_len)  # every split: fail now, not after an epoch
@@ -165,6 +169,10 @@ class Trainer:
             for vocab, path in zip((self.exp.src_vocab, self.exp.tgt_vocab), vocab_paths(self.run_dir)):
                 if not from_checkpoint or not path.exists():  # else the checkpoint's vocabulary: unchanged
                     vocab.save(path)
+            subwords = self.exp.text.subwords
+            if subwords is not None and not (from_checkpoint and (self.run_dir / SUBWORDS_FILE).exists()):
+                # the model as a file too: spm_encode and other tools read it directly
+                atomic_write_bytes(self.run_dir / SUBWORDS_FILE, subwords.proto)
 
     # -- setup ---------------------------------------------------------------
     def _make_optimizer(self):
@@ -217,6 +225,7 @@ class Trainer:
                     progress=vars(self.progress).copy(), config=config_to_dict(self.cfg),
                     src_vocab=self.exp.src_vocab.to_dict(), tgt_vocab=self.exp.tgt_vocab.to_dict(),
                     fingerprint=self.fingerprint,
+                    **({"subwords": self.exp.text.subwords.tensor()} if self.exp.text.subwords is not None else {}),
                     **({"world_size": self.world_size, "rng_ranks": self._rng_ranks} if self.world_size > 1 else {}))
 
     def gather_rng(self) -> None:
@@ -415,8 +424,14 @@ class Trainer:
         if exp.translation and cfg.eval.bleu:
             hyps = decode(model, [s for s, _ in pairs], exp.spec, sos=v.sos, eos=v.eos,
                           max_len_a=cfg.eval.max_len_a, max_len_b=cfg.eval.max_len_b)
-            refs = [t for _, t in exp.tokens["valid"][:limit]]
-            metrics["bleu"] = bleu_tokenized([v.decode(h) for h in hyps], refs).score
+            text = exp.text
+            refs = [text.words(t) for _, t in exp.tokens["valid"][:limit]]
+            words = [text.words(v.decode(h)) for h in hyps]
+            # sacreBLEU/chrF here score against the detokenised references (tg-evaluate uses the raw files)
+            full = translation_metrics(words, refs, [task_detokenize(cfg.data, w) for w in words],
+                                       [task_detokenize(cfg.data, r) for r in refs])
+            metrics.update(bleu=full["bleu_tok"], bleu_lc=full["bleu_tok_lc"], sacrebleu=full["sacrebleu"],
+                           chrf=full["chrf"])
             metrics["score"] = metrics["bleu"]
         elif not exp.translation and cfg.eval.exact_match:
             hyps = decode(model, [s for s, _ in pairs], exp.spec, sos=v.sos, eos=v.eos,

@@ -24,7 +24,7 @@ from matplotlib import colormaps
 from matplotlib.ticker import MaxNLocator
 
 from transformer_graph.data.datasets import Batcher, Dataset, collate
-from transformer_graph.experiment import build_experiment, load_trained
+from transformer_graph.experiment import build_experiment, load_trained, trained_text
 from transformer_graph.viz.figures import new_figure, save_figure
 
 SIDES = (("enc", "src_pos", "encoder (source positions)"), ("dec", "tgt_pos", "decoder (target positions)"))
@@ -124,11 +124,11 @@ def step_figure(tables: dict[str, np.ndarray], history: list[dict] | None = None
 def plot_checkpoint(checkpoint, out, *, split: str = "valid", limit: int | None = None,
                     batch_size: int = 128) -> dict:
     """Load a Universal Transformer checkpoint, count steps on ``split`` and write ``out`` (PNG)."""
-    model, cfg, vocabs, _ = load_trained(checkpoint)
+    model, cfg, vocabs, ckpt = load_trained(checkpoint)
     if cfg.model.kind != "universal":
         raise ValueError(f"{checkpoint}: model.kind is {cfg.model.kind!r}; step pictures need a "
                          f"'universal' model")
-    exp = build_experiment(cfg, vocabs)
+    exp = build_experiment(cfg, vocabs, trained_text(cfg, ckpt, checkpoint).subwords)
     dataset = exp.splits[split]
     if limit is not None:
         dataset = Dataset(dataset.pairs[:limit], *vocabs)

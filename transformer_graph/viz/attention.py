@@ -37,7 +37,7 @@ import torch
 
 from transformer_graph.data.batch import make_batch
 from transformer_graph.data.datasets import Vocab
-from transformer_graph.data.text import task_tokenize
+from transformer_graph.data.text import TextPipeline
 from transformer_graph.files import atomic_torch_save
 from transformer_graph.graphs.build import KINDS, GraphSpec
 from transformer_graph.inference.decoding import greedy
@@ -198,12 +198,15 @@ def example_attention(model, exp, index: int, split: str = "valid") -> Attention
     return extract_attention(model, src, tgt, exp.spec, src_vocab=exp.src_vocab, tgt_vocab=exp.tgt_vocab)
 
 
-def text_attention(model, cfg, vocabs, text: str, spec: GraphSpec | None = None) -> AttentionMaps:
+def text_attention(model, cfg, vocabs, text: str, spec: GraphSpec | None = None,
+                   pipeline: TextPipeline | None = None) -> AttentionMaps:
     """Attention on a raw source sentence: tokenised as the task's training data
-    was, translated greedily (there is no reference), then run teacher-forced on
-    (source, the model's own output)."""
+    was (``pipeline``: the checkpoint's, :func:`~transformer_graph.experiment.trained_text`;
+    subword models show pieces), translated greedily (there is no reference), then run
+    teacher-forced on (source, the model's own output)."""
     src_vocab, tgt_vocab = vocabs
-    tokens = task_tokenize(cfg.data, [text], cfg.data.src_lang)[0]
+    pipeline = pipeline or TextPipeline(cfg.data)
+    tokens = pipeline.tokenize([text], cfg.data.src_lang)[0]
     if not tokens:
         raise ValueError(f"text: {text!r} tokenises to nothing; expected a sentence with at least one token")
     src = src_vocab.encode(tokens)

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from transformer_graph.config import Config, load_config
-from transformer_graph.experiment import build_experiment, graph_spec, load_trained
+from transformer_graph.experiment import build_experiment, graph_spec, load_trained, trained_text
 from transformer_graph.files import atomic_write_text
 from transformer_graph.graphs.build import KINDS
 from transformer_graph.graphs.structures import FAMILIES
@@ -247,20 +247,23 @@ def html_for_checkpoint(checkpoint, out, *, example: int | None = None, split: s
     path = check_out_path(out)
     if (example is None) == (text is None):
         raise ValueError("example/text: give exactly one of example=N or text='...'")
-    model, cfg, vocabs, _ = load_trained(checkpoint)
+    model, cfg, vocabs, ckpt = load_trained(checkpoint)
+    pipeline = trained_text(cfg, ckpt, checkpoint)
     universal = cfg.model.kind == "universal"
     layers = check_layers(layers, stack_depths(cfg), step=universal)
     spec = graph_spec(cfg.model)
     src_vocab, tgt_vocab = vocabs
     with torch.no_grad():
         if text is not None:
-            maps = text_attention(model, cfg, vocabs, text, spec)  # raises before decoding on empty text
+            maps = text_attention(model, cfg, vocabs, text, spec, pipeline)  # raises before decoding on empty text
             act = act_steps_of(model, maps)
             shown = {"source (as typed)": text, "source tokens": _text(maps.src_tokens),
                      "model output (greedy)": _text(maps.tgt_out_tokens[:-1])}
+            if pipeline.subwords is not None:  # the pieces above, the words they spell here
+                shown["model output (text)"] = pipeline.detokenize(maps.tgt_out_tokens[:-1])
             where = "text"
         else:
-            exp = build_experiment(cfg, vocabs)
+            exp = build_experiment(cfg, vocabs, pipeline.subwords)
             check_example(exp, example, split)
             src, tgt = exp.splits[split][example]
             hyp = greedy(model, [src], sos=tgt_vocab.sos, eos=tgt_vocab.eos, max_len_a=cfg.eval.max_len_a,
@@ -270,6 +273,8 @@ def html_for_checkpoint(checkpoint, out, *, example: int | None = None, split: s
             shown = {"source": _text(maps.src_tokens),
                      "reference (shown: teacher-forced)": _text(maps.tgt_out_tokens[:-1]),
                      "model output (greedy)": _text(tgt_vocab.decode(hyp))}
+            if pipeline.subwords is not None:
+                shown["model output (text)"] = pipeline.detokenize(tgt_vocab.decode(hyp))
             where = f"{split} example {example}"
     for kind in maps.weights:  # a universal model may halt before a requested step
         for layer in layers or []:
