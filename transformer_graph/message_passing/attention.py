@@ -22,9 +22,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
+from transformer_graph.linear import Linear, linear
 from transformer_graph.message_passing.base import MessagePassingBlock
 
 
@@ -41,8 +40,8 @@ class GraphAttention(MessagePassingBlock):
 
     def __init__(self, d_model: int, heads: int, dropout: float = 0.0):
         super().__init__(d_model, heads, dropout)
-        self.in_proj = nn.Linear(d_model, 3 * d_model)
-        self.out_proj = nn.Linear(d_model, d_model)
+        self.in_proj = Linear(d_model, 3 * d_model)
+        self.out_proj = Linear(d_model, d_model)
 
     @property
     def scale(self) -> float:
@@ -59,13 +58,13 @@ class GraphAttention(MessagePassingBlock):
 
     def project_q(self, x: torch.Tensor) -> torch.Tensor:
         d = self.d_model
-        return self._split(F.linear(x, self.in_proj.weight[:d], self.in_proj.bias[:d]))
+        return self._split(linear(x, self.in_proj.weight[:d], self.in_proj.bias[:d]))
 
     def project_kv(self, x: torch.Tensor):
         """k, v of key nodes (computed once per source for cross-attention, and
         cached per position by the incremental decoder)."""
         d = self.d_model
-        k, v = F.linear(x, self.in_proj.weight[d:], self.in_proj.bias[d:]).chunk(2, dim=-1)
+        k, v = linear(x, self.in_proj.weight[d:], self.in_proj.bias[d:]).chunk(2, dim=-1)
         return self._split(k), self._split(v)
 
     # -- φ (□ is the base class's softmax and weighted sum) ------------------

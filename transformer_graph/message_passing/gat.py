@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transformer_graph.linear import Linear, linear
 from transformer_graph.message_passing.base import MessagePassingBlock
 
 
@@ -24,10 +25,10 @@ class GATBlock(MessagePassingBlock):
 
     def __init__(self, d_model: int, heads: int, dropout: float = 0.0, negative_slope: float = 0.2):
         super().__init__(d_model, heads, dropout)
-        self.proj = nn.Linear(d_model, d_model)
+        self.proj = Linear(d_model, d_model)
         self.attn_query = nn.Parameter(torch.empty(heads, self.d_k))
         self.attn_key = nn.Parameter(torch.empty(heads, self.d_k))
-        self.out_proj = nn.Linear(d_model, d_model)
+        self.out_proj = Linear(d_model, d_model)
         self.negative_slope = negative_slope
         # GAT's initialisation (Glorot); the model's own reset also treats them as matrices.
         nn.init.xavier_uniform_(self.attn_query)
@@ -47,7 +48,7 @@ class GATBlock(MessagePassingBlock):
         w = self.proj.weight.view(self.heads, self.d_k, self.d_model)
         w_q = torch.einsum("hk,hkd->hd", self.attn_query, w)          # (heads, d_model)
         b_q = (self.attn_query * self.proj.bias.view(self.heads, self.d_k)).sum(-1)
-        return F.linear(x, w_q.to(x.dtype), b_q.to(x.dtype)).unsqueeze(-1)
+        return linear(x, w_q.to(x.dtype), b_q.to(x.dtype)).unsqueeze(-1)
 
     def project_kv(self, x: torch.Tensor):
         h = self._split(self.proj(x))

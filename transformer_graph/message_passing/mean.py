@@ -6,8 +6,8 @@ attention's, so the model differs from the Transformer only in the edge weights.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
+from transformer_graph.linear import Linear
 from transformer_graph.message_passing.base import MessagePassingBlock
 
 
@@ -22,8 +22,8 @@ class MeanBlock(MessagePassingBlock):
 
     def __init__(self, d_model: int, heads: int, dropout: float = 0.0):
         super().__init__(d_model, heads, dropout)
-        self.v_proj = nn.Linear(d_model, d_model)
-        self.out_proj = nn.Linear(d_model, d_model)
+        self.v_proj = Linear(d_model, d_model)
+        self.out_proj = Linear(d_model, d_model)
 
     def _none(self, x: torch.Tensor) -> torch.Tensor:
         # Queries and keys carry nothing; an empty per-node tensor keeps the shapes the

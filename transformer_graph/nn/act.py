@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from transformer_graph.linear import Linear
 from transformer_graph.graphs.graph import AttentionGraph
 
 
@@ -36,7 +37,7 @@ class HaltingUnit(nn.Module):
     def __init__(self, d_model: int, bias_init: float = 1.0):
         super().__init__()
         self.norm = nn.LayerNorm(d_model)
-        self.linear = nn.Linear(d_model, 1)
+        self.linear = Linear(d_model, 1)
         self.bias_init = float(bias_init)
         self.reset_bias()
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transformer_graph.linear import Linear
 from transformer_graph.data.batch import GraphBatch
 from transformer_graph.message_passing.aggregators import get_aggregator
 from transformer_graph.message_passing.base import check_heads
@@ -222,7 +223,7 @@ class EncoderDecoder(nn.Module):
                           else TokenEmbedding(config.tgt_vocab, config.d_model, "tgt"))
         self.pos = PositionalEncoding(config.d_model, config.max_len)
         self.encoder, self.decoder = self.build_stacks(config)
-        self.generator = nn.Linear(config.d_model, config.tgt_vocab)
+        self.generator = Linear(config.d_model, config.tgt_vocab)
         init_weights(self, config.embed_init_std)
         if config.tie_generator:
             self.generator.weight = self.tgt_embed.weight
