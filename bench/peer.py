@@ -47,7 +47,9 @@ from bench.options import size_config
 from transformer_graph.data.batch import make_batch
 from transformer_graph.data.datasets import ALPHABET, SPECIALS, Vocab, make_copy_sort
 from transformer_graph.experiment import build_model
+from transformer_graph.cli.errors import user_errors
 from transformer_graph.files import atomic_write_text
+from transformer_graph.outputs import check_output_file
 from transformer_graph.message_passing import set_engine
 from transformer_graph.train.malloc import tune_malloc
 
@@ -230,24 +232,24 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    for name in ("threads", "batches", "repeats"):
-        if getattr(args, name) < 1:
-            print(f"error: --{name}: expected a positive integer, got {getattr(args, name)}", file=sys.stderr)
-            return 2
+    """The command; returns its exit code (2 with one ``error: ...`` line for a user's mistake)."""
     try:
-        results = run_peer(args.peer_dir, args.threads, args.batches, args.repeats, args.seed,
-                           log=lambda msg: print(msg, file=sys.stderr, flush=True))
-    except PeerError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        with user_errors():
+            args = parser().parse_args(argv)
+            for name in ("threads", "batches", "repeats"):
+                if getattr(args, name) < 1:
+                    raise ValueError(f"--{name}: expected a positive integer, got {getattr(args, name)}")
+            json_out = check_output_file(args.json, "--json")  # before the timing, not after
+            results = run_peer(args.peer_dir, args.threads, args.batches, args.repeats, args.seed,
+                               log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    except SystemExit as stop:   # user_errors printed the error line (or argparse its usage)
+        return stop.code if isinstance(stop.code, int) else 2
     text = json.dumps(results, indent=1)
-    if args.json:
-        atomic_write_text(args.json, text)
+    if json_out is not None:
+        atomic_write_text(json_out, text)
     else:
         print(text)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
