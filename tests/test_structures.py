@@ -38,7 +38,7 @@ torch.set_num_threads(1)
 SRC_VOCAB, TGT_VOCAB = 23, 29
 SOS, EOS = 1, 2
 SMALL = dict(layers=2, d_model=32, d_ff=64, heads=4, dropout=0.0, max_len=64)
-AGGREGATORS = ("attention", "mean", "gat")
+AGGREGATORS = ("attention", "mean", "gat", "sage")
 
 
 # --------------------------------------------------------------------------

@@ -296,3 +296,17 @@ def test_evaluate_masks_unk_unless_allowed(tmp_path, monkeypatch):
     evaluate_checkpoint(tmp_path / "run" / "last.pt", limit=2)
     evaluate_checkpoint(tmp_path / "run" / "last.pt", limit=2, allow_unk=True, hyp_file=tmp_path / "u.txt")
     assert seen == [None, (Vocab.pad, Vocab.sos)]  # None: the decoder's default, <pad> <unk> <sos> masked
+
+
+def test_multi30k_lowercase_applies_to_its_moses_tokens(monkeypatch):
+    from transformer_graph import experiment
+    from transformer_graph.config import DataConfig
+    from transformer_graph.data.text import task_tokenize
+    data = DataConfig(task="multi30k", lowercase=True)
+    assert task_tokenize(data, ["A Man in a Blue-Green shirt."], "en")[0] == \
+        ["a", "man", "in", "a", "blue", "@-@", "green", "shirt", "."]
+    assert task_tokenize(DataConfig(task="multi30k"), ["A Man."], "en")[0] == ["A", "Man", "."]
+    fake = {"train": [(["A", "Dog"], ["Ein", "Hund"])], "valid": [], "test": []}
+    monkeypatch.setattr(experiment, "load_multi30k", lambda *a, **k: fake)
+    assert experiment.load_token_splits(data)["train"] == [(["a", "dog"], ["ein", "hund"])]
+    assert experiment.load_token_splits(DataConfig(task="multi30k"))["train"] == fake["train"]

@@ -103,8 +103,9 @@ class ModelConfig:
     embed_init_std: float | None = _field(None, "Std of a normal init for token embeddings; null means "
                                              "Xavier like every other matrix.", gt=0)
     aggregator: str = _field("attention", "How a node combines its incoming messages: attention (softmax of "
-                             "q.k), mean (fully connected GCN, 1/in-degree) or gat (additive GAT scores).",
-                             choices=("attention", "mean", "gat"))
+                             "q.k), mean (fully connected GCN, 1/in-degree), gat (additive GAT scores) or sage "
+                             "(GraphSAGE: W [h_i || mean of the neighbours]).",
+                             choices=("attention", "mean", "gat", "sage"))
     structure: StructureConfig = _field(StructureConfig, "Attention graph structures.")
     max_depth: int = _field(8, "Universal transformer: most recurrent steps per token.", min=1)
     act_threshold: float = _field(0.99, "Universal transformer: halting-probability mass at which a token stops.",
@@ -136,7 +137,8 @@ class DataConfig:
     long_pairs: str = _field("skip", "What to do with training pairs over the length limits.",
                              choices=("skip", "truncate"))
     joint_vocab: bool = _field(False, "One vocabulary built from both languages.")
-    lowercase: bool = _field(False, "Lowercase text before tokenizing.")
+    lowercase: bool = _field(False, "Lowercase the text (parallel files: before tokenizing; Multi30k: its Moses "
+                             "tokens); output is then lowercase too.")
     subwords: str = _field("none", "Split words into subword pieces with a joint SentencePiece model trained on the "
                            "training split: 'bpe' or 'unigram'; 'none' keeps a word vocabulary "
                            "(transformer_graph/data/subwords.py).", choices=("none", "bpe", "unigram"))

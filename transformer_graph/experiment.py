@@ -15,7 +15,7 @@ from transformer_graph.data.datasets import (DataError, Dataset, Vocab, build_vo
                                              load_task)
 from transformer_graph.data.multi30k import load_multi30k
 from transformer_graph.data.subwords import SubwordModel, cached_model
-from transformer_graph.data.text import TextPipeline
+from transformer_graph.data.text import TextPipeline, lowercase_tokens
 from transformer_graph.graphs.build import GraphSpec
 from transformer_graph.graphs.structures import spec_from_config
 from transformer_graph.message_passing.base import set_engine
@@ -47,7 +47,11 @@ def load_token_splits(data: DataConfig) -> dict:
                          valid_size=data.valid_size, test_size=data.test_size,
                          length_mean=data.length_mean, length_std=data.length_std, alphabet=data.alphabet)
     if data.task == "multi30k":
-        return load_multi30k(data.path, src_lang=data.src_lang, tgt_lang=data.tgt_lang)
+        splits = load_multi30k(data.path, src_lang=data.src_lang, tgt_lang=data.tgt_lang)
+        if data.lowercase:
+            splits = {name: list(zip(lowercase_tokens([s for s, _ in pairs]), lowercase_tokens([t for _, t in pairs])))
+                      for name, pairs in splits.items()}
+        return splits
     prefixes = {"train": data.train_prefix, "valid": data.valid_prefix, "test": data.test_prefix}
     return load_parallel_dir(data.path, data.src_lang, data.tgt_lang, prefixes, lowercase=data.lowercase)
 

@@ -71,8 +71,14 @@ def task_tokenize(data, lines: Sequence[str], lang: str) -> list[list[str]]:
     """Tokens of raw ``lines`` in language ``lang``, the way the training data of the
     task in ``data`` (a :class:`~transformer_graph.config.DataConfig`) was tokenised."""
     if data.task in MOSES_TASKS:
-        return moses_tokenize(lines, lang)
+        return lowercase_tokens(moses_tokenize(lines, lang)) if data.lowercase else moses_tokenize(lines, lang)
     return whitespace_tokenize(lines, data.lowercase)
+
+
+def lowercase_tokens(token_lists: Sequence[Sequence[str]]) -> list[list[str]]:
+    """Each token lowercased: ``data.lowercase`` for Moses-tokenised text, applied after the
+    tokenizer (which keys some rules on case) — the lowercased Multi30k setups' order."""
+    return [[t.lower() for t in toks] for toks in token_lists]
 
 
 def task_detokenize(data, tokens: Sequence[str]) -> str:

@@ -178,6 +178,8 @@ def evaluate_checkpoint(path, split: str = "test", *, beam: int | None = None, a
     if translation:
         ref_words = [text.words(t) for _, t in pairs]
         refs = raw_refs if raw_refs is not None else [" ".join(w) for w in ref_words]
+        if cfg.data.lowercase:  # a lowercasing model's output is scored against lowercased references
+            refs = [r.lower() for r in refs]
         metrics.update(translation_metrics(hyp_words, ref_words, hyp_text, refs))
         metrics["unk_in_output"] = sum(w.count(tgt_vocab.itos[tgt_vocab.unk]) for w in hyp_words)
     else:

@@ -11,6 +11,7 @@ name            edge weight of j -> i                                  message
 ``attention``   softmax_j(q_i . k_j / sqrt(d_k))   (the Transformer)   W_v h_j
 ``mean``        1 / in-degree(i)   (fully connected GCN)               W_v h_j
 ``gat``         softmax_j(LeakyReLU(a^T [W h_i || W h_j]))  (GAT)      W h_j
+``sage``        1 / in-degree(i), then W [h_i || mean]  (GraphSAGE)    h_j
 ==============  =====================================================  =====================
 
 Every block has the interface of :class:`~transformer_graph.message_passing.base.MessagePassingBlock`
@@ -34,14 +35,15 @@ from torch import nn
 from transformer_graph.message_passing.attention import GraphAttention
 from transformer_graph.message_passing.gat import GATBlock
 from transformer_graph.message_passing.mean import MeanBlock
+from transformer_graph.message_passing.sage import SAGEBlock
 
-AGGREGATORS = ("attention", "mean", "gat")
+AGGREGATORS = ("attention", "mean", "gat", "sage")
 
 MeanAggregation = MeanBlock   # the names before the blocks were renamed (kept for imports)
 GATAggregation = GATBlock
 
 _CLASSES: dict[str, Callable[..., nn.Module]] = {
-    "attention": GraphAttention, "mean": MeanBlock, "gat": GATBlock,
+    "attention": GraphAttention, "mean": MeanBlock, "gat": GATBlock, "sage": SAGEBlock,
 }
 
 
