@@ -202,7 +202,7 @@ def test_list_element_out_of_range():
 @pytest.mark.parametrize("section, key, value, choices", [
     ("model", "kind", "recurrent", "'standard', 'universal'"),
     ("model", "aggregator", "sum", "'attention', 'mean', 'gat', 'sage'"),
-    ("data", "task", "reverse", "'copy', 'sort', 'parallel', 'multi30k'"),
+    ("data", "task", "reverse", "'copy', 'sort', 'parallel', 'multi30k', 'pattern', 'cluster', 'karate', 'planetoid'"),
     ("data", "long_pairs", 3, "'skip', 'truncate'"),
     ("train", "device", "gpu", "'cpu', 'cuda', 'auto'"),
 ])

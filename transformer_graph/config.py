@@ -66,6 +66,20 @@ config_field = _field
 # otherwise try to allocate tens of GB before failing.
 MAX_POSITION_TABLE = 2 ** 28
 
+# data.task: the sequence-to-sequence tasks (an encoder-decoder reads source tokens and writes
+# target tokens) and the node-classification tasks (a graph encoder labels the nodes of given graphs).
+SEQUENCE_TASKS = ("copy", "sort", "parallel", "multi30k")
+NODE_TASKS = ("pattern", "cluster", "karate", "planetoid")
+SBM_TASKS = ("pattern", "cluster")        # many small graphs, the benchmark's weighted loss and metric
+TRANSDUCTIVE_TASKS = ("karate", "planetoid")  # one graph; node masks select each split's labels
+NODE_STRUCTURES = ("sparse", "complete", "global")
+PLANETOID_GRAPHS = ("cora", "citeseer", "pubmed")
+
+
+def is_node_task(cfg: Config) -> bool:
+    """Whether ``cfg`` trains a node classifier (data.task pattern, cluster, karate or planetoid)."""
+    return cfg.data.task in NODE_TASKS
+
 
 @dataclass
 class StructureConfig:
@@ -85,7 +99,10 @@ class StructureConfig:
 @dataclass
 class ModelConfig:
     kind: str = _field("standard", "'standard' stack of distinct layers, or 'universal' (one shared layer "
-                       "applied recurrently with adaptive halting).", choices=("standard", "universal"))
+                       "applied recurrently with adaptive halting; sequence tasks only). The task picks the "
+                       "model: an encoder-decoder for the sequence tasks, a graph encoder (layers encoder "
+                       "layers on each graph, then a node classifier) for the node tasks.",
+                       choices=("standard", "universal"))
     layers: int = _field(6, "Encoder layers (and decoder layers unless decoder_layers is set).", min=1)
     decoder_layers: int | None = _field(None, "Decoder layers; null means the same as layers.", min=1)
     d_model: int = _field(512, "Width of the token (node) representations.", min=1)
@@ -112,20 +129,36 @@ class ModelConfig:
                                   gt=0, max=1)
     ponder_weight: float = _field(0.01, "Universal transformer: weight of the ponder-cost loss term.", min=0)
     halting: bool = _field(True, "Universal transformer: adaptive computation time; false runs all max_depth steps.")
+    graph_structure: str = _field("sparse", "Node tasks: who attends to whom within each graph: 'sparse' (the "
+                                  "graph's own edges, plus self loops), 'complete' (every node of the graph: full "
+                                  "attention) or 'global' (sparse plus model.global_nodes virtual nodes linked both "
+                                  "ways to every node of their graph).", choices=NODE_STRUCTURES)
+    global_nodes: int = _field(1, "Node tasks: virtual nodes per graph of model.graph_structure 'global'.", min=1)
+    self_loops: bool = _field(True, "Node tasks: every node also attends to itself (structures sparse and "
+                              "global); false needs every node to have an in-edge.")
+    pe_dim: int = _field(0, "Node tasks: Laplacian positional encoding width (eigenvectors of the graph's "
+                         "normalised Laplacian, Dwivedi et al.) added to the node embeddings; 0 means none.", min=0)
+    pe_sign_flip: bool = _field(True, "Node tasks: random signs for each graph's positional-encoding columns in "
+                                "training (eigenvector signs are arbitrary); never in evaluation.")
+    readout: str = _field("mlp", "Node tasks: the node classifier: 'mlp' (the benchmark's MLPReadout, d_model -> "
+                          "d_model/2 -> d_model/4 -> classes) or 'linear'.", choices=("mlp", "linear"))
 
 
 @dataclass
 class DataConfig:
-    task: str = _field("copy", "Synthetic 'copy'/'sort', or real text from 'parallel' files or 'multi30k'.",
-                       choices=("copy", "sort", "parallel", "multi30k"))
-    seed: int = _field(1234, "Seed for generating synthetic data.")
+    task: str = _field("copy", "Sequence tasks: synthetic 'copy'/'sort', or real text from 'parallel' files or "
+                       "'multi30k'. Node classification: 'pattern', 'cluster' (the SBM benchmarks of Dwivedi et al.), "
+                       "'karate' (Zachary's karate club) or 'planetoid' (data.graph_name in data.path).",
+                       choices=(*SEQUENCE_TASKS, *NODE_TASKS))
+    seed: int = _field(1234, "Seed for generating synthetic data (copy/sort sequences, PATTERN/CLUSTER graphs).")
     train_size: int = _field(9000, "Synthetic training examples.", min=1)
     valid_size: int = _field(1000, "Synthetic validation examples.", min=0)
     test_size: int = _field(1000, "Synthetic test examples.", min=0)
     length_mean: float = _field(15.0, "Mean length of synthetic sequences.", gt=0)
     length_std: float = _field(3.0, "Standard deviation of synthetic sequence lengths.", min=0)
     alphabet: str = _field("abcdefghijklmnopqrstuvwxyz", "Symbols of synthetic sequences.")
-    path: str | None = _field(None, "Data directory for the parallel/multi30k tasks.")
+    path: str | None = _field(None, "Data directory for the parallel/multi30k tasks; for planetoid the directory "
+                              "with its ind.<name>.* files.")
     src_lang: str = _field("en", "Source-language file suffix.")
     tgt_lang: str = _field("de", "Target-language file suffix.")
     train_prefix: str = _field("train", "File prefix of the training split ({prefix}.{lang}).")
@@ -146,7 +179,18 @@ class DataConfig:
                                      "pieces included.", min=300)
     subword_model: str | None = _field(None, "A trained SentencePiece .model file to use instead of training "
                                        "one (data.subwords must name its kind).")
-    batch_size: int = _field(128, "Sentences per batch.", min=1)
+    graph_name: str | None = _field(None, "Planetoid: which citation graph, with the standard split.",
+                                    choices=PLANETOID_GRAPHS)
+    graphs_train: int | None = _field(None, "PATTERN/CLUSTER training graphs; null means the published 10000.",
+                                      min=1)
+    graphs_valid: int | None = _field(None, "PATTERN/CLUSTER validation graphs; null means the published size "
+                                      "(2000 for PATTERN, 1000 for CLUSTER).", min=0)
+    graphs_test: int | None = _field(None, "PATTERN/CLUSTER test graphs; null means the published size (2000 for "
+                                     "PATTERN, 1000 for CLUSTER).", min=0)
+    karate_features: str = _field("onehot", "Karate: node features, 'onehot' (the identity matrix, dense) or 'id' "
+                                  "(the node id, categorical).", choices=("onehot", "id"))
+    batch_size: int = _field(128, "Sentences per batch (node tasks: graphs per batch; evaluation averages the "
+                             "class-weighted accuracy over batches of this size, as the benchmark does).", min=1)
     max_tokens: int | None = _field(None, "Token budget per batch; when set it takes precedence over batch_size.",
                                        min=1)
     bucket: bool = _field(True, "Batch sentences of similar length together.")
@@ -154,6 +198,10 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    schedule: str = _field("noam", "Learning rate: 'noam' (warm-up, then inverse square root: optim.factor, "
+                           "optim.warmup) or 'constant' (optim.lr throughout).", choices=("noam", "constant"))
+    lr: float | None = _field(None, "The learning rate of optim.schedule 'constant'; required there, not "
+                              "used by 'noam'.", gt=0)
     factor: float = _field(1.0, "Noam schedule factor (scales the whole learning-rate curve).", gt=0)
     warmup: int = _field(400, "Noam warm-up steps.", min=1)
     betas: list[float] = _field([0.9, 0.98], "Adam betas.", len=2, min=0, lt=1)
@@ -376,6 +424,81 @@ def _cross_check(cfg: Config, src) -> None:
                    f"{m.max_len * m.d_model * 4 / 2 ** 30:.0f} GiB)", m.max_len)
     if d.task == "parallel" and d.path is None:
         raise ConfigError(f"{src('data.path', 'data.task')}: data.path: required for task 'parallel', got None")
+    _check_task_keys(cfg, src)
+
+
+# Keys that mean something for some tasks only: set to anything but their default with another task, they
+# would be silently ignored, so they are an error. (Keys of the sequence models that a node task does not
+# read -- model.max_len, model.structure, ... -- keep their defaults there and are not checked.)
+_TASK_KEYS = {
+    "model.graph_structure": NODE_TASKS, "model.global_nodes": NODE_TASKS, "model.self_loops": NODE_TASKS,
+    "model.pe_dim": NODE_TASKS, "model.pe_sign_flip": NODE_TASKS, "model.readout": NODE_TASKS,
+    "data.graph_name": ("planetoid",), "data.graphs_train": SBM_TASKS, "data.graphs_valid": SBM_TASKS,
+    "data.graphs_test": SBM_TASKS, "data.karate_features": ("karate",),
+    "data.max_tokens": SEQUENCE_TASKS, "optim.label_smoothing": SEQUENCE_TASKS, "viz.example": SEQUENCE_TASKS,
+}
+
+
+def _value_of(cfg: Config, key: str) -> Any:
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _default_of(key: str) -> Any:
+    return _value_of(Config(), key)
+
+
+def _tasks_phrase(tasks: tuple[str, ...]) -> str:
+    names = [repr(t) for t in tasks]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def _check_task_keys(cfg: Config, src) -> None:
+    """The model and the keys a task reads: a node task builds a graph encoder (a standard stack), a
+    sequence task never reads the graph keys; every key set for a task it does not apply to is an error."""
+    m, d, o = cfg.model, cfg.data, cfg.optim
+    node = d.task in NODE_TASKS
+    if node and m.kind != "standard":
+        raise _bad(src("model.kind", "data.task"), "model.kind",
+                   f"'standard' for the node task data.task {d.task!r} (its graph encoder is a stack of "
+                   f"model.layers distinct layers; the universal model is a sequence model)", m.kind)
+    for key, tasks in _TASK_KEYS.items():
+        value = _value_of(cfg, key)
+        if d.task not in tasks and value != _default_of(key):
+            raise _bad(src(key, "data.task"), key,
+                       f"{_show(_default_of(key))} (its default) with data.task {d.task!r}: it applies to "
+                       f"data.task {_tasks_phrase(tasks)} only", value)
+    if d.task == "planetoid":
+        if d.graph_name is None:
+            raise ConfigError(f"{src('data.graph_name', 'data.task')}: data.graph_name: required for task "
+                              f"'planetoid' (one of {', '.join(map(repr, PLANETOID_GRAPHS))}), got None")
+        if d.path is None:
+            raise ConfigError(f"{src('data.path', 'data.task')}: data.path: required for task 'planetoid' (the "
+                              f"directory with the ind.{d.graph_name}.* files), got None")
+    if d.task in SBM_TASKS and d.seed < 0:
+        raise _bad(src("data.seed", "data.task"), "data.seed",
+                   f"a non-negative integer for data.task {d.task!r} (the graph generator's seed)", d.seed)
+    if node:
+        if m.readout == "mlp" and m.d_model < 4:
+            raise _bad(src("model.d_model", "model.readout"), "model.d_model",
+                       "at least 4 with model.readout 'mlp' (it halves d_model twice), or model.readout 'linear'",
+                       m.d_model)
+        if m.graph_structure == "complete" and not m.self_loops:
+            raise _bad(src("model.self_loops", "model.graph_structure"), "model.self_loops",
+                       "true with model.graph_structure 'complete' (full attention includes each node itself; "
+                       "use 'sparse' for attention on the graph's edges alone)", m.self_loops)
+        if m.global_nodes != _default_of("model.global_nodes") and m.graph_structure != "global":
+            raise _bad(src("model.global_nodes", "model.graph_structure"), "model.global_nodes",
+                       f"{_default_of('model.global_nodes')} (its default) unless model.graph_structure is "
+                       f"'global'", m.global_nodes)
+    if o.schedule == "constant" and o.lr is None:
+        raise ConfigError(f"{src('optim.lr', 'optim.schedule')}: optim.lr: required for optim.schedule "
+                          f"'constant', got None")
+    if o.schedule == "noam" and o.lr is not None:
+        raise _bad(src("optim.lr", "optim.schedule"), "optim.lr",
+                   "null with optim.schedule 'noam' (its rate comes from optim.factor and optim.warmup)", o.lr)
 
 
 # --------------------------------------------------------------------------- overrides

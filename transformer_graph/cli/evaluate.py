@@ -17,8 +17,13 @@ def parser() -> argparse.ArgumentParser:
         "tg-evaluate",
         "Decode a split (or --src-file) with a trained checkpoint and print its metrics: token "
         "accuracy and exact match for the synthetic tasks, tokenised BLEU and detokenised sacreBLEU "
-        "for translation. The hypotheses are written to a text file beside the checkpoint.",
+        "for translation. The hypotheses are written to a text file beside the checkpoint. A node-"
+        "classification checkpoint (data.task pattern, cluster, karate, planetoid) is scored on the split's "
+        "graphs instead, no decoding: class_weighted_acc (PATTERN/CLUSTER: the benchmark's accuracy, the mean "
+        "over batches of the training batch size, in percent; class_weighted_acc_pooled over all nodes at once) "
+        "and acc, the fraction of nodes right (karate/Planetoid: of the split's mask).",
         ["tg-evaluate --checkpoint runs/copy/best.pt",
+         "tg-evaluate --checkpoint runs/pattern/best.pt --split test",
          "tg-evaluate --checkpoint runs/multi30k_cpu/averaged.pt --split test --beam 5 --json metrics.json",
          "tg-evaluate --checkpoint runs/multi30k_cpu/averaged.pt --src-file my.en --ref-file my.de"])
     ap.add_argument("--checkpoint", required=True, metavar="PATH",
@@ -42,7 +47,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--allow-unk", action="store_true",
                     help="let the decoder emit <unk> (masked by default): shows where a word vocabulary "
                          "cannot express the translation")
-    ap.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N sentences (default: all)")
+    ap.add_argument("--limit", type=int, metavar="N",
+                    help="evaluate only the first N sentences (node tasks: graphs) (default: all)")
     ap.add_argument("--json", metavar="PATH",
                     help="also write the checkpoint, hypotheses file and metrics to this JSON file (default: none)")
     add_threads_option(ap)

@@ -26,10 +26,11 @@ def parser() -> argparse.ArgumentParser:
         "stops at once, but never inside a save); last.pt is also written every train.save_every_minutes "
         "(default 10) or train.save_every_steps. A new run needs a new or empty --run-dir; --resume checks "
         "that the run's model, data and vocabulary are unchanged (docs/RELIABILITY.md). "
-        "Under torchrun it trains data-parallel, one process per device.",
+        "Under torchrun it trains data-parallel, one process per device (sequence tasks only).",
         ["tg-train --config configs/copy.yaml",
          "tg-train --config configs/sort.yaml --set model.layers=2 --run-dir runs/sort2",
          "tg-train --resume runs/sort2 --set train.max_epochs=30",
+         "tg-train --config configs/karate.yaml    # node classification, in seconds",
          "torchrun --standalone --nproc-per-node 2 scripts/train.py --config configs/copy.yaml",
          "python -m transformer_graph.config    # every config key with its default and meaning"])
     ap.add_argument("--config", metavar="YAML",

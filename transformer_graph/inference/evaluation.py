@@ -1,4 +1,5 @@
-"""Validation and test metrics: loss, token accuracy, exact match, BLEU."""
+"""Validation and test metrics: loss, token accuracy, exact match, BLEU; for the node tasks the
+benchmark's class-weighted accuracy (PATTERN, CLUSTER) and node accuracy (karate, Planetoid)."""
 from __future__ import annotations
 
 import math
@@ -8,13 +9,19 @@ from pathlib import Path
 
 import sacrebleu
 import torch
+import torch.nn.functional as F
 
+from transformer_graph.checkpoint import CheckpointError, load_checkpoint
+from transformer_graph.config import NODE_TASKS
 from transformer_graph.data.datasets import Batcher, Dataset, check_lengths, collate, read_lines
 from transformer_graph.data.text import task_detokenize
-from transformer_graph.experiment import TRANSLATION, build_experiment, graph_spec, load_trained, trained_text
+from transformer_graph.experiment import (TRANSLATION, NodeExperiment, build_experiment, build_node_experiment,
+                                          checkpoint_config, graph_data_info, graph_spec, trained_from_checkpoint,
+                                          trained_nodes_from_checkpoint, trained_text)
 from transformer_graph.inference.decoding import beam_search
 from transformer_graph.graphs.build import GraphSpec
 from transformer_graph.nn.loss import label_smoothed_loss, token_correct
+from transformer_graph.nn.node_loss import SBMAccuracy, weighted_cross_entropy
 from transformer_graph.outputs import check_output_file
 
 
@@ -132,10 +139,21 @@ def evaluate_checkpoint(path, split: str = "test", *, beam: int | None = None, a
     Decoding never emits <pad>/<sos>, nor <unk> unless ``allow_unk`` (what a word vocabulary
     cannot express: the old behaviour, for comparisons; ``unk_in_output`` counts them).
     Synthetic tasks report token accuracy and exact-match sequence accuracy. Every argument and
-    the hypotheses' file are checked before any decoding.
+    the hypotheses' file are checked before any decoding. A node task's checkpoint reports
+    :func:`evaluate_nodes` (no decoding, no hypotheses file).
     """
     check_decoding_options(beam, alpha, limit)
-    model, cfg, (src_vocab, tgt_vocab), ckpt = load_trained(path)
+    ckpt = load_checkpoint(path)
+    if checkpoint_config(ckpt, path).data.task in NODE_TASKS:
+        decoding = [name for name, given in (("--beam", beam is not None), ("--alpha", alpha is not None),
+                                             ("--src-file", bool(src_file)), ("--ref-file", bool(ref_file)),
+                                             ("--hyp-file", bool(hyp_file)), ("--full-recompute", not incremental),
+                                             ("--allow-unk", allow_unk)) if given]
+        if decoding:
+            raise ValueError(f"{', '.join(decoding)}: decoding options, but {path} is a node-classification "
+                             f"checkpoint: it is evaluated on a split of its task's graphs (--split, --limit)")
+        return evaluate_node_checkpoint(ckpt, path, split, limit=limit)
+    model, cfg, (src_vocab, tgt_vocab), ckpt = trained_from_checkpoint(ckpt, path)
     text = trained_text(cfg, ckpt, path)
     beam = cfg.eval.beam if beam is None else beam
     alpha = cfg.eval.alpha if alpha is None else alpha
@@ -187,3 +205,69 @@ def evaluate_checkpoint(path, split: str = "test", *, beam: int | None = None, a
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(line + "\n" for line in hyp_text), encoding="utf-8")
     return {"checkpoint": str(path), "hypotheses": str(out), "metrics": metrics}
+
+
+# --------------------------------------------------------------------------- node classification
+
+@torch.no_grad()
+def evaluate_nodes(model, exp: NodeExperiment, split: str, *, batch_size: int, device="cpu",
+                   limit: int | None = None) -> dict:
+    """Node-classification metrics of ``model`` on ``split`` of ``exp`` (its graphs in order, no shuffling).
+
+    PATTERN/CLUSTER, the protocol of benchmarking-gnns (``evaluate_network_sparse``): batches of
+    ``batch_size`` graphs (the training batch size), ``loss`` the mean over batches of the weighted
+    cross-entropy, ``class_weighted_acc`` the mean over batches of ``accuracy_SBM`` (in percent; the
+    last, partial batch weighs as much as a full one) -- the number the benchmark reports -- and
+    ``class_weighted_acc_pooled`` the same metric over all the split's nodes at once (independent of
+    the batching); ``acc`` is the plain fraction of nodes right. Karate/Planetoid: the one graph, the
+    nodes of the split's mask: ``loss`` their cross-entropy, ``acc`` the fraction right. ``limit``:
+    only the first graphs (inductive tasks). Empty ``{}`` when the split has nothing to score.
+    """
+    model.eval()
+    graphs = exp.graphs(split)[:limit] if limit is not None else exp.graphs(split)
+    if not graphs:
+        return {}
+    classes = exp.dataset.num_classes
+    sbm = SBMAccuracy(classes) if exp.weighted else None
+    losses, correct, nodes = [], 0, 0
+    for start in range(0, len(graphs), batch_size if not exp.transductive else len(graphs)):
+        batch = exp.batch(graphs[start:start + batch_size], device)
+        logits, labels = exp.labelled(batch, model(batch).float(), split)
+        if labels.numel() == 0:
+            continue
+        if exp.weighted:
+            losses.append(float(weighted_cross_entropy(logits, labels, classes)))
+            sbm.update(logits, labels)
+        else:
+            losses.append(float(F.cross_entropy(logits, labels, reduction="sum")))
+        correct += int((logits.argmax(1) == labels).sum())
+        nodes += labels.numel()
+    if nodes == 0:
+        return {}
+    metrics = {"loss": sum(losses) / len(losses) if exp.weighted else sum(losses) / nodes, "acc": correct / nodes}
+    if exp.weighted:
+        metrics.update(class_weighted_acc=sbm.batch_mean(), class_weighted_acc_pooled=sbm.pooled(),
+                       batch_size=batch_size)
+    metrics.update(graphs=len(graphs), nodes=nodes)
+    return metrics
+
+
+def evaluate_node_checkpoint(ckpt: dict, path, split: str = "test", *, limit: int | None = None) -> dict:
+    """:func:`evaluate_checkpoint` of a node task's checkpoint: :func:`evaluate_nodes` on ``split`` of
+    the graphs its config loads, with batches of its training batch size (``data.batch_size``)."""
+    model, cfg, info, _ = trained_nodes_from_checkpoint(ckpt, path)
+    exp = build_node_experiment(cfg)
+    if graph_data_info(exp.dataset) != info:
+        raise CheckpointError(f"{path}: was trained on {info}, but its config now loads "
+                              f"{graph_data_info(exp.dataset)}; the data changed since")
+    if limit is not None and exp.transductive:
+        raise ValueError(f"--limit: {exp.dataset.name} is one graph whose masks make the splits; evaluate the "
+                         f"whole split")
+    if not exp.graphs(split):
+        raise ValueError(f"split {split!r} of {path} has no graphs to evaluate")
+    start = time.time()
+    metrics = evaluate_nodes(model, exp, split, batch_size=cfg.data.batch_size, limit=limit)
+    if not metrics:
+        raise ValueError(f"split {split!r} of {path} has no labelled nodes to evaluate")
+    return {"checkpoint": str(path), "hypotheses": None,
+            "metrics": {"split": split, **metrics, "eval_time_s": time.time() - start}}

@@ -8,6 +8,12 @@ and whenever the run stops) and ``best.pt`` (best validation metric). ``last.pt`
 records the position inside the epoch and every random state, so ``--resume RUN_DIR``
 continues exactly where the run stopped. What is promised -- fresh or resumed run
 directories, checked resumes, uninterruptible saves -- is in docs/RELIABILITY.md.
+
+The loop is the same for every task; what is the task's own -- its data and model, the
+batches an epoch is cut into, the loss of a batch, the epoch's training metrics, validation
+and what a checkpoint carries besides the training state -- is a task object:
+:class:`SequenceTask` (below) for the sequence-to-sequence tasks, and
+:class:`~transformer_graph.train.node_task.NodeTask` for node classification.
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ from tqdm import tqdm
 
 from transformer_graph.checkpoint import (CheckpointError, fingerprint, last_checkpoint_status, load_checkpoint,
                                           rng_state, save_checkpoint)
-from transformer_graph.config import Config, config_to_dict, save_config
+from transformer_graph.config import Config, ConfigError, config_to_dict, is_node_task, save_config
 from transformer_graph.data.datasets import Batcher, Vocab, check_lengths, collate
 from transformer_graph.train.device import resolve_device
 from transformer_graph.train.malloc import tune_malloc
@@ -40,6 +46,7 @@ from transformer_graph.nn.loss import label_smoothed_loss_from_logits, token_cor
 from transformer_graph.message_passing.base import set_engine
 from transformer_graph.message_passing.engines import resolve_engine
 from transformer_graph.train import resume as resuming
+from transformer_graph.train.node_task import NodeTask
 from transformer_graph.train.run_dir import check_fresh, check_writable, create, remove_stale_temp_files
 from transformer_graph.train.signals import deferred_signals, stop_requests
 from transformer_graph.threads import apply_threads
@@ -54,6 +61,13 @@ def noam_lambda(d_model: int, factor: float, warmup: int):
     def lr(step: int) -> float:
         step = max(step, 1)
         return factor * d_model ** -0.5 * min(step ** -0.5, step * warmup ** -1.5)
+    return lr
+
+
+def constant_lambda(rate: float):
+    """lr(step) = rate at every step."""
+    def lr(step: int) -> float:
+        return rate
     return lr
 
 
@@ -86,6 +100,10 @@ class Trainer:
         self.rank, self.world_size, self.quiet = rank, world_size, quiet
         self.is_main = rank == 0
         t = cfg.train
+        node = is_node_task(cfg)
+        if node and world_size > 1:  # before any work: the node tasks' batches are not sharded
+            raise ConfigError(f"data.task: the node task {cfg.data.task!r} trains in one process, got "
+                              f"{world_size} (torchrun); run tg-train without torchrun")
         # train.threads, or (null) the CPUs this process may use that are idle, shared by the ranks
         apply_threads(t.threads, "train.threads", processes=world_size)
         if t.tune_malloc:  # glibc has one allocator per process: set once, before the first large tensor
@@ -104,30 +122,18 @@ class Trainer:
             # (None, None): the run stopped before its first checkpoint and starts over from step 0
             self.resumed_from, ckpt = resuming.load_resume_checkpoint(self.run_dir)
             resuming.check_config(ckpt, self.resumed_from, cfg, self.run_dir)
-            vocabs, subwords = None, None
-            if ckpt is not None:
-                vocabs = (Vocab.from_dict(ckpt["src_vocab"]), Vocab.from_dict(ckpt["tgt_vocab"]))
-                if ckpt["src_vocab"] == ckpt["tgt_vocab"]:
-                    vocabs = (vocabs[0], vocabs[0])
-                subwords = checkpoint_subwords(ckpt, cfg, vocabs, self.resumed_from)
         else:
             self.resumed_from = None
-            vocabs, subwords = None, None
             if self.is_main:
                 check_fresh(self.run_dir)
         torch.manual_seed(t.seed)
         random.seed(t.seed)
-        self.exp: Experiment = build_experiment(cfg, vocabs, subwords)
-        if ckpt is not None:
-            resuming.check_data(ckpt, self.resumed_from, self.exp, self.run_dir)
-        check_lengths(self.exp.tokens, cfg.model.max_len)  # every split: fail now, not after an epoch
+        # The task loads its data (checked against the checkpoint's when resuming) and builds the model.
+        self.task = (NodeTask if node else SequenceTask)(self, ckpt)
+        self.exp = self.task.exp
         # Saved in every checkpoint: what its weights were trained on besides the config.
-        self.fingerprint = fingerprint(self.exp.src_vocab.to_dict(), self.exp.tgt_vocab.to_dict(),
-                                       self.exp.tokens["train"])
-        if cfg.viz.example is not None:  # fail now, not after the first epoch
-            from transformer_graph.viz.attention import check_example  # noqa: PLC0415  (matplotlib: viz runs only)
-            check_example(self.exp, cfg.viz.example, "valid")
-        self.model = build_model(cfg.model, len(self.exp.src_vocab), len(self.exp.tgt_vocab)).to(self.device)
+        self.fingerprint = self.task.fingerprint
+        self.model = self.task.build_model().to(self.device)
         # The model itself, unwrapped once: self.model becomes the DDP wrapper under torchrun,
         # while saving, averaging, pictures and model hooks want the module it wraps.
         self.raw_model = self.model
@@ -135,12 +141,11 @@ class Trainer:
         if world_size > 1:  # same initial weights everywhere (seeded above), dropout differs per rank
             seed_rank(t.seed, rank)
         self.optimizer = self._make_optimizer()
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, noam_lambda(cfg.model.d_model, cfg.optim.factor, cfg.optim.warmup))
-        d = cfg.data
-        self.batcher = Batcher(self.exp.splits["train"].lengths,
-                               batch_size=None if d.max_tokens else d.batch_size,
-                               max_tokens=d.max_tokens, shuffle=True, seed=t.seed, bucket=d.bucket)
+        o = cfg.optim
+        rate = (constant_lambda(o.lr) if o.schedule == "constant"
+                else noam_lambda(cfg.model.d_model, o.factor, o.warmup))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, rate)
+        self.batcher = self.task.make_batcher(t.seed)  # the same batches for the same (seed, epoch)
         self.train_batches = self.batcher if world_size == 1 else self.batcher.shard(rank, world_size)
         if ckpt is not None:
             self._restore(ckpt)
@@ -166,18 +171,12 @@ class Trainer:
                 create(self.run_dir)
                 remove_stale_temp_files(self.run_dir)
             save_config(self.cfg, self.run_dir / "config.yaml")
-            for vocab, path in zip((self.exp.src_vocab, self.exp.tgt_vocab), vocab_paths(self.run_dir)):
-                if not from_checkpoint or not path.exists():  # else the checkpoint's vocabulary: unchanged
-                    vocab.save(path)
-            subwords = self.exp.text.subwords
-            if subwords is not None and not (from_checkpoint and (self.run_dir / SUBWORDS_FILE).exists()):
-                # the model as a file too: spm_encode and other tools read it directly
-                atomic_write_bytes(self.run_dir / SUBWORDS_FILE, subwords.proto)
+            self.task.write_run_files(self.run_dir, from_checkpoint)
 
     # -- setup ---------------------------------------------------------------
     def _make_optimizer(self):
         o = self.cfg.optim
-        # lr is 1: the Noam schedule (a LambdaLR) supplies the whole learning rate.
+        # lr is 1: the schedule (a LambdaLR, Noam's or a constant) supplies the whole learning rate.
         cls = torch.optim.AdamW if o.weight_decay > 0 else torch.optim.Adam
         kwargs = {"weight_decay": o.weight_decay} if o.weight_decay > 0 else {}
         return cls(self.model.parameters(), lr=1.0, betas=tuple(o.betas), eps=o.eps, **kwargs)
@@ -223,9 +222,7 @@ class Trainer:
         return dict(model=model.state_dict(), optimizer=self.optimizer.state_dict(),
                     scheduler=self.scheduler.state_dict(), rng=rng_state(),
                     progress=vars(self.progress).copy(), config=config_to_dict(self.cfg),
-                    src_vocab=self.exp.src_vocab.to_dict(), tgt_vocab=self.exp.tgt_vocab.to_dict(),
-                    fingerprint=self.fingerprint,
-                    **({"subwords": self.exp.text.subwords.tensor()} if self.exp.text.subwords is not None else {}),
+                    **self.task.checkpoint_extras(),   # vocabularies, data fingerprint, ...
                     **({"world_size": self.world_size, "rng_ranks": self._rng_ranks} if self.world_size > 1 else {}))
 
     def gather_rng(self) -> None:
@@ -268,6 +265,17 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
+    def check_finite(self, loss: torch.Tensor) -> None:
+        """A TrainingError for a NaN or infinite training loss (the step is not taken)."""
+        if not torch.isfinite(loss):
+            o = self.cfg.optim
+            lower = "a smaller optim.lr" if o.schedule == "constant" else "a smaller optim.factor"
+            raise TrainingError(
+                f"non-finite loss ({float(loss.detach())}) at epoch {self.progress.epoch + 1}, step "
+                f"{self.progress.step + 1}; stopping. {last_checkpoint_status(self.run_dir)} "
+                f"(try {lower} or "
+                f"set optim.clip_grad)")
+
     def fit(self) -> dict:
         """Train until a limit or a signal; returns the run summary.
 
@@ -289,15 +297,14 @@ class Trainer:
         start = time.time() - p.elapsed
         self._saved_at = p.elapsed  # this session's clock starts here (train.save_every_minutes)
         stop_reason = None
-        train = self.exp.splits["train"]
-        pad = self.exp.tgt_vocab.pad
+        train, pad = self.task.step_inputs()  # what train_step reads its batches from
 
         while p.epoch < t.max_epochs and stop_reason is None:
             batches = self.train_batches.batches(p.epoch)
             self.model.train()
             bar = tqdm(total=len(batches), initial=p.batch_in_epoch, desc=f"epoch {p.epoch + 1}",
                        disable=self.quiet or not self.is_main, leave=False, dynamic_ncols=True)
-            sums = {"loss": 0.0, "nll": 0.0, "correct": 0, "tokens": 0, "nodes": 0}
+            sums = self.task.new_sums()  # the epoch's training metrics so far ("nodes": every node processed)
             epoch_start = time.time()
             if p.epoch_sums:  # resumed mid-epoch: count the batches before the stop too
                 done = dict(p.epoch_sums)
@@ -318,10 +325,11 @@ class Trainer:
                         self._signal = "on another rank"
                 bar.update(len(group))
                 rate = sums["nodes"] / max(time.time() - epoch_start, 1e-9)
-                bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{rate:.0f}",
-                                lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                bar.set_postfix({"loss": f"{step_loss:.3f}", self.task.rate_label: f"{rate:.0f}",
+                                 "lr": f"{self.scheduler.get_last_lr()[0]:.2e}"})
                 if p.step % t.log_every == 0:
-                    self.log("train_step", loss=step_loss, lr=self.scheduler.get_last_lr()[0], tokens_per_s=rate)
+                    self.log("train_step", loss=step_loss, lr=self.scheduler.get_last_lr()[0],
+                             **{self.task.rate_key: rate})
                 if self._signal is not None:
                     stop_reason = f"signal {self._signal}"
                 elif t.max_steps is not None and p.step >= t.max_steps:
@@ -336,9 +344,7 @@ class Trainer:
                     p.epoch_sums = None
             bar.close()
             sums = self.comm.sum_dict(sums)  # the epoch's training metrics over all ranks
-            n = max(sums["tokens"], 1)
-            train_metrics = {"loss": sums["loss"] / n, "acc": sums["correct"] / n,
-                             "tokens_per_s": sums["nodes"] / max(time.time() - epoch_start, 1e-9)}
+            train_metrics = self.task.epoch_metrics(sums, time.time() - epoch_start)
             if p.batch_in_epoch >= len(batches):  # the epoch is complete
                 self.end_epoch(train_metrics)
             else:
@@ -357,88 +363,21 @@ class Trainer:
                 or (t.save_every_minutes is not None and p.elapsed - self._saved_at >= 60 * t.save_every_minutes))
 
     def train_step(self, train, group, pad, sums) -> float:
-        """Forward/backward over the batches of ``group``, then one optimizer step."""
+        """Forward/backward over the batches of ``group`` (the task's loss, added into ``sums``), then one
+        optimizer step; returns the step's training loss."""
         o = self.cfg.optim
         self.optimizer.zero_grad(set_to_none=True)
-        total_loss, total_tokens = 0.0, 0
-        # Under DDP each batch's loss sum is divided by (global target tokens / world size): DDP's
-        # gradient average is then exactly the single-process gradient over all ranks' tokens.
-        denoms = (step_denominators(self.comm, [sum(len(train.pairs[j][1]) + 1 for j in idx) for idx in group])
-                  if self.world_size > 1 else None)
-        for i, idx in enumerate(group):
-            batch = collate(train, idx, self.exp.spec, self.device)
-            sync = i == len(group) - 1
-            ctx = self.model.no_sync() if (not sync and hasattr(self.model, "no_sync")) else nullcontext()
-            with ctx:
-                with self.autocast():
-                    # Logits, not log-probabilities: the fused loss does the log-softmax itself,
-                    # without a second (nodes x vocabulary) tensor or, under bf16, any cast of one.
-                    logits = self.model(batch, logits=True)
-                loss_sum, nll_sum = label_smoothed_loss_from_logits(logits, batch.labels, o.label_smoothing, pad)
-                correct = token_correct(logits.detach(), batch.labels)   # argmax(logits) = argmax(logp)
-                del logits   # the loss keeps what backward needs; the logits need not live through it
-                ntok = batch.labels.numel()
-                loss = loss_sum / ntok
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"non-finite loss ({float(loss.detach())}) at epoch {self.progress.epoch + 1}, step "
-                        f"{self.progress.step + 1}; stopping. {last_checkpoint_status(self.run_dir)} "
-                        f"(try a smaller optim.factor or "
-                        f"set optim.clip_grad)")
-                main = loss if denoms is None else loss_sum / denoms[i]
-                # A loss term the model computes in its forward pass (the Universal Transformer's
-                # weighted ACT ponder cost, see transformer_graph.nn.universal); None for others.
-                aux = getattr(self.raw_model, "aux_loss", None)
-                ((main if aux is None else main + aux) / len(group)).backward()
-            loss_value = float(loss_sum.detach())   # (float() of a tensor needing grad warns in torch 2.13)
-            total_loss += loss_value
-            total_tokens += ntok
-            sums["loss"] += loss_value
-            sums["nll"] += float(nll_sum)
-            sums["correct"] += correct
-            sums["tokens"] += ntok
-            sums["nodes"] += batch.num_tokens
+        step_loss = self.task.forward_backward(train, group, pad, sums)
         if o.clip_grad is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.clip_grad)
         self.optimizer.step()
         self.scheduler.step()
-        return total_loss / max(total_tokens, 1)
+        return step_loss
 
     # -- epoch end -------------------------------------------------------------
     def validate(self) -> dict:
-        """Validation metrics; ``score`` is what best.pt is chosen by (higher is better)."""
-        cfg, exp = self.cfg, self.exp
-        model = self.raw_model
-        valid = exp.splits["valid"]
-        if len(valid) == 0:
-            return {}
-        d = cfg.data
-        # Under torchrun every rank scores a share and the sums are all-reduced: single-process metrics.
-        evaluate, decode = evaluators(self.comm)
-        metrics = evaluate(model, valid, exp.spec, batch_size=None if d.max_tokens else d.batch_size,
-                           max_tokens=d.max_tokens, device=self.device, eps=cfg.optim.label_smoothing)
-        metrics["score"] = -metrics["nll"]
-        limit = cfg.eval.max_valid_sentences or len(valid)
-        pairs = valid.pairs[:limit]
-        v = exp.tgt_vocab
-        if exp.translation and cfg.eval.bleu:
-            hyps = decode(model, [s for s, _ in pairs], exp.spec, sos=v.sos, eos=v.eos,
-                          max_len_a=cfg.eval.max_len_a, max_len_b=cfg.eval.max_len_b)
-            text = exp.text
-            refs = [text.words(t) for _, t in exp.tokens["valid"][:limit]]
-            words = [text.words(v.decode(h)) for h in hyps]
-            # sacreBLEU/chrF here score against the detokenised references (tg-evaluate uses the raw files)
-            full = translation_metrics(words, refs, [task_detokenize(cfg.data, w) for w in words],
-                                       [task_detokenize(cfg.data, r) for r in refs])
-            metrics.update(bleu=full["bleu_tok"], bleu_lc=full["bleu_tok_lc"], sacrebleu=full["sacrebleu"],
-                           chrf=full["chrf"])
-            metrics["score"] = metrics["bleu"]
-        elif not exp.translation and cfg.eval.exact_match:
-            hyps = decode(model, [s for s, _ in pairs], exp.spec, sos=v.sos, eos=v.eos,
-                          max_len_a=cfg.eval.max_len_a, max_len_b=cfg.eval.max_len_b)
-            metrics["exact_match"] = exact_match(hyps, [t for _, t in pairs])
-            metrics["score"] = metrics["acc"] + metrics["exact_match"]
-        return self.comm.broadcast(metrics)  # rank 0's numbers decide `best` on every rank
+        """Validation metrics (the task's); ``score`` is what best.pt is chosen by (higher is better)."""
+        return self.task.validate()
 
     def end_epoch(self, train_metrics: dict) -> None:
         p = self.progress
@@ -531,7 +470,8 @@ def format_summary(summary: dict) -> str:
              f"  best epoch: {summary['best_epoch']}"]
     last = summary.get("last") or {}
     for k, v in last.items():
-        if k.startswith("valid_") or k in ("train_loss", "train_acc", "train_tokens_per_s"):
+        if k.startswith("valid_") or k in ("train_loss", "train_acc", "train_tokens_per_s", "train_class_weighted_acc",
+                                           "train_nodes_per_s"):
             lines.append(f"  {k:<22} {v:.4f}" if isinstance(v, float) else f"  {k:<22} {v}")
     if "test" in summary:
         for k, v in summary["test"].items():
@@ -540,3 +480,151 @@ def format_summary(summary: dict) -> str:
     lines += [f"  run directory: {rd}", f"    {rd}/best.pt, {rd}/last.pt, {rd}/metrics.jsonl, {rd}/tb/",
               "=" * 60]
     return "\n".join(lines)
+
+
+class SequenceTask:
+    """The sequence-to-sequence tasks (copy, sort, parallel text, Multi30k) as the training loop sees them.
+
+    A task object holds what the loop does not: the data and the model (``exp``, :meth:`build_model`),
+    what every checkpoint carries besides the training state (:meth:`checkpoint_extras`) and the run
+    directory besides its config (:meth:`write_run_files`), the batches of an epoch
+    (:meth:`make_batcher`: lists of example indices, the same for the same seed and epoch), one step's
+    forward/backward (:meth:`forward_backward`, which adds into the epoch's ``sums``), the epoch's
+    training metrics (:meth:`epoch_metrics`) and validation (:meth:`validate`, with ``score``).
+    :class:`~transformer_graph.train.node_task.NodeTask` is the other one.
+    """
+
+    rate_key, rate_label = "tokens_per_s", "tok_s"   # the training speed in the log and the progress bar
+
+    def __init__(self, trainer: Trainer, ckpt: dict | None):
+        self.trainer = trainer
+        cfg = trainer.cfg
+        vocabs, subwords = None, None
+        if ckpt is not None:  # the checkpoint's vocabularies and subword model, not new ones
+            vocabs = (Vocab.from_dict(ckpt["src_vocab"]), Vocab.from_dict(ckpt["tgt_vocab"]))
+            if ckpt["src_vocab"] == ckpt["tgt_vocab"]:
+                vocabs = (vocabs[0], vocabs[0])
+            subwords = checkpoint_subwords(ckpt, cfg, vocabs, trainer.resumed_from)
+        self.exp: Experiment = build_experiment(cfg, vocabs, subwords)
+        if ckpt is not None:
+            resuming.check_data(ckpt, trainer.resumed_from, self.exp, trainer.run_dir)
+        check_lengths(self.exp.tokens, cfg.model.max_len)  # every split: fail now, not after an epoch
+        self.fingerprint = fingerprint(self.exp.src_vocab.to_dict(), self.exp.tgt_vocab.to_dict(),
+                                       self.exp.tokens["train"])
+        if cfg.viz.example is not None:  # fail now, not after the first epoch
+            from transformer_graph.viz.attention import check_example  # noqa: PLC0415  (matplotlib: viz runs only)
+            check_example(self.exp, cfg.viz.example, "valid")
+
+    # -- setup -------------------------------------------------------------------
+    def build_model(self):
+        return build_model(self.trainer.cfg.model, len(self.exp.src_vocab), len(self.exp.tgt_vocab))
+
+    def make_batcher(self, seed: int) -> Batcher:
+        d = self.trainer.cfg.data
+        return Batcher(self.exp.splits["train"].lengths, batch_size=None if d.max_tokens else d.batch_size,
+                       max_tokens=d.max_tokens, shuffle=True, seed=seed, bucket=d.bucket)
+
+    def checkpoint_extras(self) -> dict:
+        exp = self.exp
+        return dict(src_vocab=exp.src_vocab.to_dict(), tgt_vocab=exp.tgt_vocab.to_dict(),
+                    fingerprint=self.fingerprint,
+                    **({"subwords": exp.text.subwords.tensor()} if exp.text.subwords is not None else {}))
+
+    def write_run_files(self, run_dir: Path, from_checkpoint: bool) -> None:
+        """The vocabularies (and subword model) beside config.yaml."""
+        for vocab, path in zip((self.exp.src_vocab, self.exp.tgt_vocab), vocab_paths(run_dir)):
+            if not from_checkpoint or not path.exists():  # else the checkpoint's vocabulary: unchanged
+                vocab.save(path)
+        subwords = self.exp.text.subwords
+        if subwords is not None and not (from_checkpoint and (run_dir / SUBWORDS_FILE).exists()):
+            # the model as a file too: spm_encode and other tools read it directly
+            atomic_write_bytes(run_dir / SUBWORDS_FILE, subwords.proto)
+
+    # -- training ----------------------------------------------------------------
+    def step_inputs(self) -> tuple:
+        """``(train, pad)``, the data arguments of :meth:`Trainer.train_step`."""
+        return self.exp.splits["train"], self.exp.tgt_vocab.pad
+
+    def new_sums(self) -> dict:
+        return {"loss": 0.0, "nll": 0.0, "correct": 0, "tokens": 0, "nodes": 0}
+
+    def forward_backward(self, train, group, pad, sums) -> float:
+        """Gradients of the group's loss (the mean over its batches of each batch's per-token loss)."""
+        tr = self.trainer
+        o = tr.cfg.optim
+        total_loss, total_tokens = 0.0, 0
+        # Under DDP each batch's loss sum is divided by (global target tokens / world size): DDP's
+        # gradient average is then exactly the single-process gradient over all ranks' tokens.
+        denoms = (step_denominators(tr.comm, [sum(len(train.pairs[j][1]) + 1 for j in idx) for idx in group])
+                  if tr.world_size > 1 else None)
+        for i, idx in enumerate(group):
+            batch = collate(train, idx, self.exp.spec, tr.device)
+            sync = i == len(group) - 1
+            ctx = tr.model.no_sync() if (not sync and hasattr(tr.model, "no_sync")) else nullcontext()
+            with ctx:
+                with tr.autocast():
+                    # Logits, not log-probabilities: the fused loss does the log-softmax itself,
+                    # without a second (nodes x vocabulary) tensor or, under bf16, any cast of one.
+                    logits = tr.model(batch, logits=True)
+                loss_sum, nll_sum = label_smoothed_loss_from_logits(logits, batch.labels, o.label_smoothing, pad)
+                correct = token_correct(logits.detach(), batch.labels)   # argmax(logits) = argmax(logp)
+                del logits   # the loss keeps what backward needs; the logits need not live through it
+                ntok = batch.labels.numel()
+                loss = loss_sum / ntok
+                tr.check_finite(loss)
+                main = loss if denoms is None else loss_sum / denoms[i]
+                # A loss term the model computes in its forward pass (the Universal Transformer's
+                # weighted ACT ponder cost, see transformer_graph.nn.universal); None for others.
+                aux = getattr(tr.raw_model, "aux_loss", None)
+                ((main if aux is None else main + aux) / len(group)).backward()
+            loss_value = float(loss_sum.detach())   # (float() of a tensor needing grad warns in torch 2.13)
+            total_loss += loss_value
+            total_tokens += ntok
+            sums["loss"] += loss_value
+            sums["nll"] += float(nll_sum)
+            sums["correct"] += correct
+            sums["tokens"] += ntok
+            sums["nodes"] += batch.num_tokens
+        return total_loss / max(total_tokens, 1)
+
+    def epoch_metrics(self, sums: dict, seconds: float) -> dict:
+        n = max(sums["tokens"], 1)
+        return {"loss": sums["loss"] / n, "acc": sums["correct"] / n,
+                "tokens_per_s": sums["nodes"] / max(seconds, 1e-9)}
+
+    # -- validation --------------------------------------------------------------
+    def validate(self) -> dict:
+        """Teacher-forced loss and accuracy, plus BLEU (translation, ``eval.bleu``) or exact match."""
+        tr = self.trainer
+        cfg, exp = tr.cfg, self.exp   # tr.cfg: read now (a caller may switch the eval section)
+        model = tr.raw_model
+        valid = exp.splits["valid"]
+        if len(valid) == 0:
+            return {}
+        d = cfg.data
+        # Under torchrun every rank scores a share and the sums are all-reduced: single-process metrics.
+        evaluate, decode = evaluators(tr.comm)
+        metrics = evaluate(model, valid, exp.spec, batch_size=None if d.max_tokens else d.batch_size,
+                           max_tokens=d.max_tokens, device=tr.device, eps=cfg.optim.label_smoothing)
+        metrics["score"] = -metrics["nll"]
+        limit = cfg.eval.max_valid_sentences or len(valid)
+        pairs = valid.pairs[:limit]
+        v = exp.tgt_vocab
+        if exp.translation and cfg.eval.bleu:
+            hyps = decode(model, [s for s, _ in pairs], exp.spec, sos=v.sos, eos=v.eos,
+                          max_len_a=cfg.eval.max_len_a, max_len_b=cfg.eval.max_len_b)
+            text = exp.text
+            refs = [text.words(t) for _, t in exp.tokens["valid"][:limit]]
+            words = [text.words(v.decode(h)) for h in hyps]
+            # sacreBLEU/chrF here score against the detokenised references (tg-evaluate uses the raw files)
+            full = translation_metrics(words, refs, [task_detokenize(cfg.data, w) for w in words],
+                                       [task_detokenize(cfg.data, r) for r in refs])
+            metrics.update(bleu=full["bleu_tok"], bleu_lc=full["bleu_tok_lc"], sacrebleu=full["sacrebleu"],
+                           chrf=full["chrf"])
+            metrics["score"] = metrics["bleu"]
+        elif not exp.translation and cfg.eval.exact_match:
+            hyps = decode(model, [s for s, _ in pairs], exp.spec, sos=v.sos, eos=v.eos,
+                          max_len_a=cfg.eval.max_len_a, max_len_b=cfg.eval.max_len_b)
+            metrics["exact_match"] = exact_match(hyps, [t for _, t in pairs])
+            metrics["score"] = metrics["acc"] + metrics["exact_match"]
+        return tr.comm.broadcast(metrics)  # rank 0's numbers decide `best` on every rank
