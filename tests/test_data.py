@@ -298,7 +298,7 @@ def test_fetch_with_fake_opener(tmp_path):
     # the wrong line counts are found by the verification the script runs afterwards
     assert any("has 1 lines, expected 29000" in p for p in multi30k.verify_dir(dest))
 
-    with pytest.raises(DataError, match="did not return gzip"):
+    with pytest.raises(DataError, match="returned no gzip data"):
         multi30k.fetch(tmp_path / "html", opener=lambda url: io.BytesIO(b"<html>"))
     assert not any((tmp_path / "html").iterdir())
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from transformer_graph.data import download
 from transformer_graph.data import graph_tasks as gt
 from transformer_graph.data import laplacian as lp
 from transformer_graph.data import planetoid as pl
@@ -320,8 +321,8 @@ def test_fetch_planetoid_writes_atomically_and_keeps_files(tmp_path, monkeypatch
     dest.mkdir()
     (dest / "ind.cora.x").write_bytes(b"\x80\x02old")
     requested, written = [], []
-    real_write = pl.atomic_write_bytes
-    monkeypatch.setattr(pl, "atomic_write_bytes",
+    real_write = download.atomic_write_bytes   # the one downloader's atomic write
+    monkeypatch.setattr(download, "atomic_write_bytes",
                         lambda path, data: written.append(path.name) or real_write(path, data))
 
     def opener(url):

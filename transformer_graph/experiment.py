@@ -178,17 +178,10 @@ def trained_from_checkpoint(ckpt: dict, path, engine: str | None = None):
     try:
         vocabs = (Vocab.from_dict(ckpt["src_vocab"]), Vocab.from_dict(ckpt["tgt_vocab"]))
         checkpoint_subwords(ckpt, cfg, vocabs, path)  # a checkpoint's text pipeline is checked at load
-        model = build_model(cfg.model, len(vocabs[0]), len(vocabs[1]))
-        model.load_state_dict(ckpt["model"])
-        if engine is None:
-            set_engine(model, cfg.train.engine, f"{path} (saved config): train.engine")
-        else:
-            set_engine(model, engine)
     except KeyError as err:
         raise CheckpointError(f"{path}: checkpoint lacks {err}; it was not written by scripts/train.py") from None
-    except RuntimeError as err:  # shape or key mismatch: another model or vocabulary
-        raise CheckpointError(f"{path}: weights do not fit the saved config/vocabulary: "
-                              f"{str(err).splitlines()[0]}") from None
+    model = _with_weights(lambda: build_model(cfg.model, len(vocabs[0]), len(vocabs[1])), ckpt, cfg, path, engine,
+                          "config/vocabulary")
     if vocabs[0].to_dict() == vocabs[1].to_dict():
         vocabs = (vocabs[0], vocabs[0])
     return model.eval(), cfg, vocabs, ckpt
@@ -374,8 +367,15 @@ def trained_nodes_from_checkpoint(ckpt: dict, path, engine: str | None = None):
     if not isinstance(info, dict) or not {"num_features", "feature_kind", "num_classes"} <= set(info):
         raise CheckpointError(f"{path}: a node-task checkpoint without its 'graph_data' (features and classes); "
                               f"it was not written by tg-train")
+    model = _with_weights(lambda: build_graph_model(cfg.model, info), ckpt, cfg, path, engine, "config and data")
+    return model.eval(), cfg, info, ckpt
+
+
+def _with_weights(build, ckpt: dict, cfg: Config, path, engine: str | None, what: str):
+    """``build()`` with the checkpoint's weights, on its config's engine (or ``engine``); a
+    CheckpointError naming the file when the weights are missing or do not fit."""
     try:
-        model = build_graph_model(cfg.model, info)
+        model = build()
         model.load_state_dict(ckpt["model"])
         if engine is None:
             set_engine(model, cfg.train.engine, f"{path} (saved config): train.engine")
@@ -383,7 +383,6 @@ def trained_nodes_from_checkpoint(ckpt: dict, path, engine: str | None = None):
             set_engine(model, engine)
     except KeyError as err:
         raise CheckpointError(f"{path}: checkpoint lacks {err}; it was not written by tg-train") from None
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit the saved config and data: "
-                              f"{str(err).splitlines()[0]}") from None
-    return model.eval(), cfg, info, ckpt
+    except RuntimeError as err:  # shape or key mismatch: another model, vocabulary or data
+        raise CheckpointError(f"{path}: weights do not fit the saved {what}: {str(err).splitlines()[0]}") from None
+    return model

@@ -14,19 +14,19 @@ import hashlib
 import json
 import logging
 import os
-import urllib.request
 import warnings
 from pathlib import Path
 from typing import Callable
 
 from transformer_graph.data.datasets import DataError, TokenPair, check_parallel, read_lines
+from transformer_graph.data.download import fetch_files
 # tokenize/detokenize under the names this module always had (tokenize is looked up here at
 # call time, so a test can count the calls by patching multi30k.tokenize).
 from transformer_graph.data.text import MOSES_SETTINGS as TOKENIZER_SETTINGS
 from transformer_graph.data.text import moses_detokenize as detokenize  # noqa: F401  (public name)
 from transformer_graph.data.text import moses_tokenize as tokenize
 from transformer_graph.data.text import moses_version as sacremoses_version
-from transformer_graph.files import atomic_write_bytes, atomic_write_text
+from transformer_graph.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -242,10 +242,6 @@ def verify_dir(path: str | os.PathLike) -> list[str]:
     return problems
 
 
-def _default_opener(url: str):
-    return urllib.request.urlopen(url, timeout=60)
-
-
 def fetch(dest: str | os.PathLike | None = None, force: bool = False,
           opener: Callable[[str], object] | None = None, base_url: str = BASE_URL,
           test_2017: bool = True) -> dict[str, str]:
@@ -259,23 +255,8 @@ def fetch(dest: str | os.PathLike | None = None, force: bool = False,
     ``file name -> "downloaded" | "exists"``.
     """
     dest = Path(dest) if dest is not None else default_data_dir()
-    opener = opener or _default_opener
-    dest.mkdir(parents=True, exist_ok=True)
-    done = {}
-    for name in expected_files() + (extra_files() if test_2017 else []):
-        target = dest / name
-        if target.is_file() and not force:
-            done[name] = "exists"
-            continue
-        url = f"{base_url}/{name}"
-        try:
-            with opener(url) as response:
-                data = response.read()
-        except OSError as err:  # urllib.error.URLError is an OSError
-            raise DataError(f"downloading {url} failed ({err}); download it by hand into "
-                            f"{str(dest)!r}") from None
-        if data[:2] != b"\x1f\x8b":  # e.g. an HTML error page from a proxy
-            raise DataError(f"{url} did not return gzip data ({len(data)} bytes); expected {name}")
-        atomic_write_bytes(target, data)
-        done[name] = "downloaded"
-    return done
+    names = expected_files() + (extra_files() if test_2017 else [])
+    # a proxy's HTML error page is not gzip data
+    return fetch_files(names, dest, base_url, opener=opener, force=force,
+                       check=lambda name, data: None if data[:2] == b"\x1f\x8b" else "no gzip data",
+                       hint=f" (the files are {', '.join(names)} from {base_url})")

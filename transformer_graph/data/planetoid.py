@@ -29,7 +29,6 @@ import copyreg
 import logging
 import os
 import pickle
-import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +38,7 @@ import torch
 
 from transformer_graph.data.datasets import DataError
 from transformer_graph.data.graph_tasks import SPLITS, GraphDataset, GraphSample, check_graph
-from transformer_graph.files import atomic_write_bytes
+from transformer_graph.data.download import fetch_files
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +64,6 @@ def planetoid_files(name: str) -> list[str]:
 # --------------------------------------------------------------------------
 # Download
 # --------------------------------------------------------------------------
-def _default_opener(url: str):
-    return urllib.request.urlopen(url, timeout=60)
-
-
 def _looks_wrong(name: str, data: bytes) -> str | None:
     """Why ``data`` cannot be the file ``name`` (an empty body, an HTML error page), else None."""
     if not data:
@@ -90,30 +85,9 @@ def fetch_planetoid(name: str, dest: str | os.PathLike, opener: Callable[[str], 
     truncated file. Returns ``file name -> "downloaded" | "exists"``.
     """
     files = planetoid_files(name)
-    dest = Path(dest)
-    opener = opener or _default_opener
-    dest.mkdir(parents=True, exist_ok=True)
-    done = {}
-    for fname in files:
-        target = dest / fname
-        if target.is_file() and not force:
-            done[fname] = "exists"
-            continue
-        url = f"{base_url}/{fname}"
-        try:
-            with opener(url) as response:
-                data = response.read()
-        except OSError as err:  # urllib.error.URLError and socket timeouts are OSErrors
-            raise DataError(f"downloading {url} failed ({err}); check the network (or a proxy), or download "
-                            f"the files {', '.join(files)} from {base_url} by hand into {str(dest)!r}") from None
-        wrong = _looks_wrong(fname, data)
-        if wrong:
-            raise DataError(f"{url} returned {wrong} ({len(data)} bytes), not the Planetoid file {fname}; "
-                            f"download it by hand into {str(dest)!r}")
-        atomic_write_bytes(target, data)
-        log.info("downloaded %s (%d bytes)", url, len(data))
-        done[fname] = "downloaded"
-    return done
+    return fetch_files(files, Path(dest), base_url, opener=opener, force=force,
+                       check=lambda fname, data: _looks_wrong(fname, data),
+                       hint=f" (the files {', '.join(files)} from {base_url})")
 
 
 # --------------------------------------------------------------------------
