@@ -62,11 +62,16 @@ class _OneDNNLinear(torch.autograd.Function):
         return dx, dw, db
 
 
-def _autocast_on_cpu() -> bool:
+def _autocast_query():
+    """The "is CPU autocast on?" function of this torch, chosen once (it runs on every linear call)."""
     try:
-        return torch.is_autocast_enabled("cpu")     # torch >= 2.4
+        torch.is_autocast_enabled("cpu")            # torch >= 2.4
     except TypeError:
-        return torch.is_autocast_cpu_enabled()      # torch 2.2
+        return torch.is_autocast_cpu_enabled        # torch 2.2
+    return lambda: torch.is_autocast_enabled("cpu")
+
+
+_autocast_on_cpu = _autocast_query()
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
