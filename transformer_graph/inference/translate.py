@@ -79,7 +79,7 @@ class Translator:
     spec: GraphSpec
     beam: int
     alpha: float
-    batch_size: int = 64   # sentences decoded together (divided by the beam size)
+    batch_size: int = 64   # sentences decoded together (each with beam-size hypotheses)
     text: TextPipeline | None = None  # raw text <-> tokens (None: the config's words)
 
     def __post_init__(self) -> None:
