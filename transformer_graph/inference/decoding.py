@@ -44,7 +44,8 @@ class DecoderState(Protocol):
 
     ``step(tokens, t, sent)`` feeds position ``t``'s token of each live hypothesis
     (``tokens``: (hyps,), ``sent``: (hyps,) the sentence each belongs to) and returns the
-    log-probabilities of the next token, (hyps, vocab). ``reorder(parents)`` keeps, in the
+    log-probabilities of the next token, (hyps, vocab), as a tensor of its own that the search
+    may modify (it masks forbidden ids in place). ``reorder(parents)`` keeps, in the
     given order, the hypotheses the search continues (``parents``: (hyps',) indices into
     the previous step's rows), so the next ``step`` sees the survivors' own history.
     The graph's incremental and recompute states and the dense baseline all satisfy it.
@@ -406,8 +407,8 @@ def beam_search(model, src_seqs: Sequence[Sequence[int]], *, sos: int, eos: int,
     t = 0
     while sent.numel():
         logp = state.step(tokens.to(device), t, sent.to(device))
-        if banned.numel():
-            logp = logp.index_fill(1, banned, -torch.inf)
+        if banned.numel():   # in place: step() returns a fresh tensor (DecoderState), no (hyps x vocab) copy
+            logp.index_fill_(1, banned, -torch.inf)
         sc, parent, tok, valid = _top_candidates(logp, scores, counts, 2 * beam)
         valid &= sc > -torch.inf  # a forbidden id is no candidate, even where few ids are left
         sents = sent[torch.tensor(counts).cumsum(0) - 1]                      # the live sentences
