@@ -199,9 +199,18 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     schedule: str = _field("noam", "Learning rate: 'noam' (warm-up, then inverse square root: optim.factor, "
-                           "optim.warmup) or 'constant' (optim.lr throughout).", choices=("noam", "constant"))
-    lr: float | None = _field(None, "The learning rate of optim.schedule 'constant'; required there, not "
-                              "used by 'noam'.", gt=0)
+                           "optim.warmup), 'constant' (optim.lr throughout) or 'plateau' (optim.lr, multiplied "
+                           "by optim.plateau_factor whenever the validation loss has not improved for "
+                           "optim.plateau_patience epochs; training stops once it falls below optim.min_lr: "
+                           "the schedule of Benchmarking GNNs).", choices=("noam", "constant", "plateau"))
+    lr: float | None = _field(None, "The (initial) learning rate of optim.schedule 'constant' and 'plateau'; "
+                              "required there, not used by 'noam'.", gt=0)
+    plateau_factor: float = _field(0.5, "optim.schedule 'plateau': the factor applied to the learning rate on "
+                                   "a plateau.", gt=0, lt=1)
+    plateau_patience: int = _field(10, "optim.schedule 'plateau': epochs without a better validation loss "
+                                   "before the rate is cut.", min=0)
+    min_lr: float | None = _field(None, "optim.schedule 'plateau': stop training once the learning rate is "
+                                  "below this (null: never stop for it).", gt=0)
     factor: float = _field(1.0, "Noam schedule factor (scales the whole learning-rate curve).", gt=0)
     warmup: int = _field(400, "Noam warm-up steps.", min=1)
     betas: list[float] = _field([0.9, 0.98], "Adam betas.", len=2, min=0, lt=1)
@@ -493,9 +502,18 @@ def _check_task_keys(cfg: Config, src) -> None:
             raise _bad(src("model.global_nodes", "model.graph_structure"), "model.global_nodes",
                        f"{_default_of('model.global_nodes')} (its default) unless model.graph_structure is "
                        f"'global'", m.global_nodes)
-    if o.schedule == "constant" and o.lr is None:
+    if o.schedule in ("constant", "plateau") and o.lr is None:
         raise ConfigError(f"{src('optim.lr', 'optim.schedule')}: optim.lr: required for optim.schedule "
-                          f"'constant', got None")
+                          f"{o.schedule!r}, got None")
+    plateau_keys = [k for k in ("plateau_factor", "plateau_patience", "min_lr")
+                    if getattr(o, k) != _default_of(f"optim.{k}")]
+    if plateau_keys and o.schedule != "plateau":
+        k = plateau_keys[0]
+        raise _bad(src(f"optim.{k}", "optim.schedule"), f"optim.{k}",
+                   f"{_default_of(f'optim.{k}')} (its default) unless optim.schedule is 'plateau'", getattr(o, k))
+    if o.schedule == "plateau" and o.min_lr is not None and o.min_lr >= o.lr:
+        raise _bad(src("optim.min_lr", "optim.lr"), "optim.min_lr",
+                   f"below optim.lr ({o.lr:g}), or training would stop before its first epoch", o.min_lr)
     if o.schedule == "noam" and o.lr is not None:
         raise _bad(src("optim.lr", "optim.schedule"), "optim.lr",
                    "null with optim.schedule 'noam' (its rate comes from optim.factor and optim.warmup)", o.lr)

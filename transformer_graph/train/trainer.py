@@ -71,6 +71,19 @@ def constant_lambda(rate: float):
     return lr
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config):
+    """The learning-rate schedule of ``cfg.optim``: a per-step ``LambdaLR`` (Noam's, or a constant, on
+    an optimizer whose base rate is 1), or for 'plateau' torch's ``ReduceLROnPlateau`` on the
+    validation loss, stepped once per epoch (:meth:`Trainer.end_epoch`; the optimizer starts at
+    optim.lr)."""
+    o = cfg.optim
+    if o.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=o.plateau_factor,
+                                                          patience=o.plateau_patience)
+    rate = constant_lambda(o.lr) if o.schedule == "constant" else noam_lambda(cfg.model.d_model, o.factor, o.warmup)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
+
+
 @dataclass
 class Progress:
     """Where the run is: saved in every checkpoint."""
@@ -141,10 +154,7 @@ class Trainer:
         if world_size > 1:  # same initial weights everywhere (seeded above), dropout differs per rank
             seed_rank(t.seed, rank)
         self.optimizer = self._make_optimizer()
-        o = cfg.optim
-        rate = (constant_lambda(o.lr) if o.schedule == "constant"
-                else noam_lambda(cfg.model.d_model, o.factor, o.warmup))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, rate)
+        self.scheduler = make_scheduler(self.optimizer, cfg)
         self.batcher = self.task.make_batcher(t.seed)  # the same batches for the same (seed, epoch)
         self.train_batches = self.batcher if world_size == 1 else self.batcher.shard(rank, world_size)
         if ckpt is not None:
@@ -176,10 +186,24 @@ class Trainer:
     # -- setup ---------------------------------------------------------------
     def _make_optimizer(self):
         o = self.cfg.optim
-        # lr is 1: the schedule (a LambdaLR, Noam's or a constant) supplies the whole learning rate.
+        # lr is 1 under a LambdaLR (Noam's or a constant): the schedule supplies the whole learning
+        # rate; ReduceLROnPlateau instead scales the rate the optimizer holds.
         cls = torch.optim.AdamW if o.weight_decay > 0 else torch.optim.Adam
         kwargs = {"weight_decay": o.weight_decay} if o.weight_decay > 0 else {}
-        return cls(self.model.parameters(), lr=1.0, betas=tuple(o.betas), eps=o.eps, **kwargs)
+        lr = o.lr if o.schedule == "plateau" else 1.0
+        return cls(self.model.parameters(), lr=lr, betas=tuple(o.betas), eps=o.eps, **kwargs)
+
+    @property
+    def lr(self) -> float:
+        """The learning rate the next optimizer step uses."""
+        return self.optimizer.param_groups[0]["lr"]
+
+    def _lr_exhausted(self) -> str | None:
+        """The stop reason once a 'plateau' schedule has cut the rate below optim.min_lr."""
+        o = self.cfg.optim
+        if o.schedule == "plateau" and o.min_lr is not None and self.lr < o.min_lr:
+            return f"optim.min_lr={o.min_lr:g} (learning rate {self.lr:.3g})"
+        return None
 
     def _restore(self, ckpt: dict) -> None:
         try:  # the resume checks compared config and vocabulary; this is a file damaged inside
@@ -300,6 +324,9 @@ class Trainer:
         train, pad = self.task.step_inputs()  # what train_step reads its batches from
 
         while p.epoch < t.max_epochs and stop_reason is None:
+            stop_reason = self._lr_exhausted()  # checked here too, so a resumed run that stopped for it stays stopped
+            if stop_reason:
+                break
             batches = self.train_batches.batches(p.epoch)
             self.model.train()
             bar = tqdm(total=len(batches), initial=p.batch_in_epoch, desc=f"epoch {p.epoch + 1}",
@@ -326,9 +353,9 @@ class Trainer:
                 bar.update(len(group))
                 rate = sums["nodes"] / max(time.time() - epoch_start, 1e-9)
                 bar.set_postfix({"loss": f"{step_loss:.3f}", self.task.rate_label: f"{rate:.0f}",
-                                 "lr": f"{self.scheduler.get_last_lr()[0]:.2e}"})
+                                 "lr": f"{self.lr:.2e}"})
                 if p.step % t.log_every == 0:
-                    self.log("train_step", loss=step_loss, lr=self.scheduler.get_last_lr()[0],
+                    self.log("train_step", loss=step_loss, lr=self.lr,
                              **{self.task.rate_key: rate})
                 if self._signal is not None:
                     stop_reason = f"signal {self._signal}"
@@ -371,7 +398,8 @@ class Trainer:
         if o.clip_grad is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.clip_grad)
         self.optimizer.step()
-        self.scheduler.step()
+        if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):  # that one: per epoch
+            self.scheduler.step()
         return step_loss
 
     # -- epoch end -------------------------------------------------------------
@@ -382,6 +410,8 @@ class Trainer:
     def end_epoch(self, train_metrics: dict) -> None:
         p = self.progress
         valid = self.validate()  # all ranks take part (sharded under torchrun) and get the same metrics
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and "loss" in valid:
+            self.scheduler.step(valid["loss"])  # the same loss on every rank: the same cuts
         self.log("epoch", **{f"train_{k}": v for k, v in train_metrics.items()},
                  **{f"valid_{k}": v for k, v in valid.items()})
         pop_act = getattr(self.raw_model, "pop_act_stats", None)
