@@ -35,6 +35,7 @@ from collections.abc import Sequence
 
 import torch
 
+from transformer_graph.config import is_node_task, load_config
 from transformer_graph.data.batch import make_batch
 from transformer_graph.data.datasets import Vocab
 from transformer_graph.data.text import TextPipeline
@@ -44,7 +45,8 @@ from transformer_graph.inference.decoding import greedy
 from transformer_graph.viz import figures as plots
 
 KIND_NAMES = {"enc": "encoder self-attention", "dec": "decoder self-attention",
-              "cross": "encoder-decoder attention"}
+              "cross": "encoder-decoder attention",
+              "node": "self-attention on the graph"}   # a node classifier's one kind (viz/node_attention.py)
 AXIS_NAMES = {"enc": ("source (query)", "source (key)"), "dec": ("target (query)", "target (key)"),
               "cross": ("target (query)", "source (key)")}
 SNAPSHOT_FORMAT = "transformer_graph/attention/1"
@@ -290,6 +292,12 @@ def load_snapshots(run_dir) -> list[tuple[int, AttentionMaps]]:
     files = sorted((int(mt.group(1)), p) for p in folder.glob("epoch*.pt")
                    if (mt := _SNAPSHOT_NAME.fullmatch(p.name))) if folder.is_dir() else []
     if not files:
+        task = _node_task_of_run(run_dir)
+        if task is not None:
+            raise ValueError(f"run dir: {str(run_dir)!r} is a node-classification run (data.task {task!r}); "
+                             f"attention snapshots per epoch (--animate) are recorded for the sequence tasks "
+                             f"only; draw its checkpoint instead: tg-visualize --checkpoint "
+                             f"{run_dir / 'best.pt'} --example 0 --out DIR (or --html page.html)")
         raise ValueError(f"run dir: {str(run_dir)!r} has no attention snapshots (expected "
                          f"{folder}/epoch<N>.pt); train with viz.example set, e.g. "
                          f"--set viz.example=0 --set viz.every_epoch=true")
@@ -303,6 +311,18 @@ def load_snapshots(run_dir) -> list[tuple[int, AttentionMaps]]:
             raise ValueError(f"{path}: not an attention snapshot (expected format {SNAPSHOT_FORMAT!r})")
         out.append((epoch, AttentionMaps.from_dict(d)))
     return out
+
+
+def _node_task_of_run(run_dir: Path) -> str | None:
+    """``data.task`` of ``RUN_DIR/config.yaml`` when it is a node task (whose runs keep no snapshots)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        cfg = load_config(path)
+    except ValueError:   # an unreadable config: the plain "no snapshots" message says enough
+        return None
+    return cfg.data.task if is_node_task(cfg) else None
 
 
 def write_animation(run_dir, out, *, kind: str = "cross", layer: int = 0, head: int = 0,

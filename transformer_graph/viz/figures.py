@@ -1,4 +1,4 @@
-"""Generic plotting helpers: heatmap grids, bipartite edge drawings, GIF animations.
+"""Generic plotting helpers: heatmap grids, bipartite and half-edge graph drawings, GIF animations.
 
 Nothing here knows about models or attention graphs; callers pass plain
 matrices and labels, so other pictures (e.g. the Universal Transformer's
@@ -180,6 +180,31 @@ def draw_bipartite(ax, weights, left_labels: Sequence[str], right_labels: Sequen
     ax.axis("off")
     if title:
         ax.set_title(title, fontsize=FONT_SIZE + 1)
+
+
+def draw_half_edges(ax, pos, src, dst, strength, *, color: str = "tab:blue", max_width: float = 3.0,
+                    min_alpha: float = 0.06, max_alpha: float = 1.0, zorder: float = 1.0) -> None:
+    """Directed edges ``src[e] -> dst[e]`` between points ``pos`` (num_nodes, 2), each drawn as the
+    half of the segment that touches its receiver ``dst[e]``; width and opacity = ``strength`` in [0, 1].
+
+    Why halves: an undirected graph has both directions of every edge, with different weights;
+    two full lines would lie on top of each other, two halves never do. The half at node i then
+    reads "how much i takes from that neighbour". Strongest edges are drawn last, on top.
+    """
+    pos = np.asarray(pos, dtype=float)
+    src, dst = np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
+    s = np.clip(np.asarray(strength, dtype=float), 0.0, 1.0)
+    if not (len(src) == len(dst) == len(s)):
+        raise ValueError(f"draw_half_edges: {len(src)} sources, {len(dst)} destinations and {len(s)} strengths; "
+                         f"expected one of each per edge")
+    if len(s) == 0:
+        return
+    segments = np.stack([pos[dst], (pos[src] + pos[dst]) / 2], 1)
+    rgba = np.tile(np.array(to_rgba(color)), (len(s), 1))
+    rgba[:, 3] = min_alpha + (max_alpha - min_alpha) * s
+    order = np.argsort(s, kind="stable")
+    ax.add_collection(LineCollection(segments[order], colors=rgba[order], linewidths=0.3 + max_width * s[order],
+                                     capstyle="butt", zorder=zorder))
 
 
 def _label_inches(left_labels: Sequence[str], right_labels: Sequence[str]) -> float:

@@ -19,6 +19,13 @@ under 2 MB.
     html_for_checkpoint("runs/copy/best.pt", "copy.html", example=3)
     html_for_checkpoint("runs/m30k/best.pt", "m30k.html", text="A man rides a bike.")
     html_for_run("runs/copy", "copy_epochs.html")
+
+A node classifier's checkpoint (karate, PATTERN, ...) gets the same page with one kind, ``node``:
+the graph drawn with its spring layout (computed here, embedded in the data), attention on its
+edges per layer and head, its classes and predictions (:mod:`transformer_graph.viz.node_attention`
+says how it is drawn); small graphs also get the heatmap and overview views.
+
+    html_for_checkpoint("runs/karate/best.pt", "karate.html", example=0, split="test")
 """
 from __future__ import annotations
 
@@ -31,19 +38,26 @@ from pathlib import Path
 
 import torch
 
-from transformer_graph.config import Config, load_config
-from transformer_graph.experiment import build_experiment, graph_spec, load_trained, trained_text
+from transformer_graph.checkpoint import load_checkpoint
+from transformer_graph.config import Config, is_node_task, load_config
+from transformer_graph.experiment import (build_experiment, checkpoint_config, graph_spec, trained_from_checkpoint,
+                                          trained_text)
 from transformer_graph.files import atomic_write_text
 from transformer_graph.graphs.build import KINDS
 from transformer_graph.graphs.structures import FAMILIES
 from transformer_graph.inference.decoding import greedy
 from transformer_graph.viz.attention import (AttentionMaps, KIND_NAMES, SNAPSHOT_DIR, check_example,
                                              example_attention, load_snapshots, text_attention)
+from transformer_graph.viz.node_attention import (PALETTE, NodeAttention, check_top_k, checkpoint_node_attention,
+                                                  resolve_top_k, spring_positions)
 
 PAGE_FORMAT = "transformer_graph/explorer/1"
 SIGNIFICANT_DIGITS = 6
 _TINY = 5e-8          # weights below this are stored as 0 (saves bytes; far inside the 1e-6 promise)
 _ASSETS = ("explorer/page.html", "explorer/explorer.css", "explorer/explorer.js")
+_NODE_MEAN_NOTE = ("This model's aggregator is '{agg}': every in-edge of a node weighs 1 / in-degree{sage}. These "
+                   "weights are fixed by the graph, not computed from the nodes' states; they are shown so the "
+                   "structure can be compared with attention models.")
 _MEAN_NOTE = ("This model's aggregator is 'mean' (a fully connected GCN): every in-edge of a node weighs "
               "1 / in-degree. These weights are fixed by the graph structure, not computed from the "
               "tokens; they are shown so the structure can be compared with attention models.")
@@ -239,15 +253,25 @@ def _text(tokens: Sequence[str]) -> str:
 
 
 def html_for_checkpoint(checkpoint, out, *, example: int | None = None, split: str = "valid",
-                        text: str | None = None, layers: Sequence[int] | None = None) -> Path:
+                        text: str | None = None, layers: Sequence[int] | None = None,
+                        top_k: int | None = None) -> Path:
     """The explorer page of a trained model on valid/test/train example ``example``
     (teacher-forced on its reference; the greedy output is shown beside it) or on a raw
-    ``text`` (teacher-forced on the greedy output). Every argument is checked before
-    the model runs; errors are ValueErrors naming the argument."""
+    ``text`` (teacher-forced on the greedy output). A node classifier's page shows graph
+    ``example`` of ``split`` (:func:`html_for_node_checkpoint`; ``top_k`` is its option).
+    Every argument is checked before the model runs; errors are ValueErrors naming the argument."""
     path = check_out_path(out)
     if (example is None) == (text is None):
         raise ValueError("example/text: give exactly one of example=N or text='...'")
-    model, cfg, vocabs, ckpt = load_trained(checkpoint)
+    check_top_k(top_k)
+    ckpt = load_checkpoint(checkpoint)   # read once: its config says which kind of model it holds
+    if is_node_task(checkpoint_config(ckpt, checkpoint)):
+        return html_for_node_checkpoint(ckpt, checkpoint, path, example=example, split=split, text=text,
+                                        layers=layers, top_k=top_k)
+    if top_k is not None:
+        raise ValueError(f"top_k: {top_k!r} applies to node-classification checkpoints (edges drawn per node); "
+                         f"{checkpoint} is a sequence model: drop it")
+    model, cfg, vocabs, ckpt = trained_from_checkpoint(ckpt, checkpoint)
     pipeline = trained_text(cfg, ckpt, checkpoint)
     universal = cfg.model.kind == "universal"
     layers = check_layers(layers, stack_depths(cfg), step=universal)
@@ -285,6 +309,108 @@ def html_for_checkpoint(checkpoint, out, *, example: int | None = None, split: s
     title = f"{cfg.data.task}: {where} ({Path(checkpoint).name})"
     return write_html(maps, path, title=title, output_text=shown, act_steps=act, notes=model_notes(cfg),
                       layers=layers, model=describe_model(cfg))
+
+
+# --------------------------------------------------------------------------
+# Node classifiers: one graph with its layout (viz/node_attention.py)
+# --------------------------------------------------------------------------
+def node_frame_data(att: NodeAttention, pos, *, layers: Sequence[int] | None = None, top_k: int | None = None,
+                    label: str = "") -> dict:
+    """One frame of a node classifier's page: kind ``node`` holds the attention graph's edges as lists
+    (``src`` key -> ``dst`` query, the model's edge order) and ``weights[layer position][head]`` per
+    edge; ``graph`` the nodes, their positions (y up), classes, predictions, the split's nodes and the
+    in-edges drawn per node by default (0: all)."""
+    chosen = list(range(att.num_layers)) if layers is None else [att.check_layer(layer) for layer in layers]
+    n = att.num_nodes
+    node = {"layers": chosen, "heads": att.num_heads, "rows": n, "cols": n, "src": att.src.tolist(),
+            "dst": att.dst.tolist(),
+            "weights": [[_rounded(att.weights[layer, h]) for h in range(att.num_heads)] for layer in chosen]}
+    graph = {"nodes": att.num_real, "global": att.num_global, "names": att.node_names(),
+             "pos": [round(float(v), 4) for v in torch.as_tensor(pos).flatten().tolist()],
+             "labels": att.labels.tolist(), "preds": att.preds.tolist(),
+             "scored": "".join("1" if m else "0" for m in att.scored.tolist()), "split": att.split,
+             "transductive": att.transductive, "classes": att.num_classes,
+             "colours": [PALETTE[c % len(PALETTE)] for c in range(att.num_classes)],
+             "top_k": resolve_top_k(att, top_k) or 0}
+    if len(graph["pos"]) != 2 * n:
+        raise ValueError(f"pos: {len(graph['pos']) // 2} positions for {n} nodes; expected one (x, y) per node "
+                         f"(transformer_graph.viz.node_attention.spring_positions)")
+    return {"label": label, "src": [], "tgt": [], "tgt_out": [], "kinds": {"node": node}, "act": None, "graph": graph}
+
+
+def write_node_html(att: NodeAttention, out, *, title: str, pos=None, layers: Sequence[int] | None = None,
+                    top_k: int | None = None, output_text=None, notes: Sequence[str] = (),
+                    model: Mapping | None = None) -> Path:
+    """Write the explorer page of a node classifier on one graph (``pos``: its layout, default
+    :func:`~transformer_graph.viz.node_attention.spring_positions`)."""
+    path = check_out_path(out)
+    frame = node_frame_data(att, spring_positions(att) if pos is None else pos, layers=layers, top_k=top_k)
+    return atomic_write_text(path, render_page(page_data([frame], title=title, output_text=output_text,
+                                                         notes=notes, model=model)))
+
+
+def describe_node_model(cfg: Config) -> dict:
+    m = cfg.model
+    structure = {"sparse": "the graph's edges", "complete": "every pair of a graph's nodes",
+                 "global": f"the graph's edges + {m.global_nodes} global node(s)"}[m.graph_structure]
+    loops = " and self loops" if m.self_loops and m.graph_structure != "complete" else ""
+    return {"task": cfg.data.task, "kind": f"graph encoder ({m.layers} layers, d_model {m.d_model})",
+            "aggregator": m.aggregator, "structure": {"node": f"{m.graph_structure} ({structure}{loops})"}}
+
+
+def node_notes(cfg: Config, att: NodeAttention, top_k: int | None) -> list[str]:
+    notes = []
+    if cfg.model.aggregator in ("mean", "sage"):
+        sage = " (GraphSAGE then sets the node's own state beside that mean)" if cfg.model.aggregator == "sage" else ""
+        notes.append(_NODE_MEAN_NOTE.format(agg=cfg.model.aggregator, sage=sage))
+    notes.append("Each edge j → i is drawn as the half of the line i–j that touches i: the halves at a node "
+                 "are what it takes from each neighbour; its ring is its self-loop weight. Hover or click a node "
+                 "to see all of its in-edges.")
+    k = resolve_top_k(att, top_k)
+    if k is not None:
+        notes.append(f"{att.num_nodes} nodes and {len(att.src)} edges: the graph view draws each node's {k} "
+                     f"strongest in-edge(s) (the 'edges' control changes it); a hovered node shows all of its own.")
+    if att.transductive:
+        notes.append(f"One graph serves every split: the {att.split} split is the nodes drawn solid, the others "
+                     f"are faded (their predictions are shown all the same).")
+    return notes
+
+
+def node_outputs(att: NodeAttention, cfg: Config, where: str) -> dict[str, str]:
+    right, total = att.correct()
+    edges = int(att.data_edges.shape[1])
+    shown = {"graph": f"{where}: {att.num_real} nodes, {edges} directed edges"
+                      + (f", {att.num_global} global node(s)" if att.num_global else ""),
+             f"accuracy on the {att.split} nodes": f"{right} / {total} ({100.0 * right / max(total, 1):.1f} %)"}
+    wrong = [(i, int(att.labels[i]), int(att.preds[i])) for i in range(att.num_real)
+             if att.preds[i] != att.labels[i] and att.scored[i]]
+    if wrong:
+        listed = ", ".join(f"{i}: {y}→{p}" for i, y, p in wrong[:20])
+        shown[f"wrong {att.split} nodes (true→predicted)"] = listed + (f", … {len(wrong) - 20} more"
+                                                                          if len(wrong) > 20 else "")
+    return shown
+
+
+def html_for_node_checkpoint(ckpt: dict, checkpoint, out, *, example: int | None, split: str = "valid",
+                             text: str | None = None, layers: Sequence[int] | None = None,
+                             top_k: int | None = None) -> Path:
+    """The explorer page of a node classifier's checkpoint (``ckpt``, loaded from ``checkpoint``) on graph
+    ``example`` of ``split`` (karate, Planetoid: the one graph, ``split`` its nodes of interest)."""
+    path = check_out_path(out)
+    cfg = checkpoint_config(ckpt, checkpoint)
+    if text is not None:
+        raise ValueError(f"text: {checkpoint} is a node-classification checkpoint (data.task {cfg.data.task!r}); "
+                         f"its input is a graph, not a sentence: give example=N (graph N of the split) instead")
+    if example is None:
+        raise ValueError("example: a node-classification page needs example=N (graph N of the split)")
+    layers = check_layers(layers, {"node": cfg.model.layers})
+    check_top_k(top_k)
+    att, cfg = checkpoint_node_attention(ckpt, checkpoint, example, split)
+    where = f"the graph, {split} nodes" if att.transductive else f"{split} graph {example}"
+    title = f"{cfg.data.task}: {where} ({Path(checkpoint).name})"
+    return write_node_html(att, path, title=title, layers=layers, top_k=top_k,
+                           output_text=node_outputs(att, cfg, where), notes=node_notes(cfg, att, top_k),
+                           model=describe_node_model(cfg))
 
 
 def html_for_run(run_dir, out) -> Path:

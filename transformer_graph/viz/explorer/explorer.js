@@ -10,6 +10,13 @@
  * Data (PAGE_FORMAT transformer_graph/explorer/1): frames[f].kinds[kind] has
  * rows (queries) x cols (keys), edges ("0"/"1" per cell, row-major), layers (the
  * model's layer indices shown) and weights[layer position][head] (row-major floats).
+ *
+ * A node classifier's page has one kind, "node", given as edge lists: src/dst (key ->
+ * query, the model's edge order) and weights[layer position][head][edge]; frames[f].graph
+ * holds the nodes (names, pos: x, y per node with y up, labels, preds, scored: the split's
+ * nodes, colours per class, top_k: in-edges drawn per node by default, 0 = all). Its graph
+ * view draws the graph with those positions (nodeGraphSvg); graphs of up to DENSE_NODES
+ * nodes are also made dense here, so the heatmap and overview views work unchanged.
  */
 (function () {
   "use strict";
@@ -17,10 +24,13 @@
   const DATA = JSON.parse(document.getElementById("tgx-data").textContent);
   const NS = "http://www.w3.org/2000/svg";
   const FONT = 'system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif';
-  const KIND_ORDER = ["enc", "dec", "cross"];
+  const KIND_ORDER = ["enc", "dec", "cross", "node"];
   const KIND_NAMES = {enc: "encoder self-attention", dec: "decoder self-attention",
-                      cross: "encoder\u2013decoder (cross) attention"};
-  const KIND_SHORT = {enc: "encoder self", dec: "decoder self", cross: "cross"};
+                      cross: "encoder\u2013decoder (cross) attention", node: "self-attention on the graph"};
+  const KIND_SHORT = {enc: "encoder self", dec: "decoder self", cross: "cross", node: "graph"};
+  const DENSE_NODES = 64;            // node graphs up to this size also get heatmaps (N x N cells)
+  const WRONG = "#d62728", GLOBAL = "#7f7f7f";
+  const TOP_K_CHOICES = [1, 2, 3, 5, 10];
   const MISSING = "#d9d9d9";         // a node pair with no edge in the structure
   const EDGE = "#2457c5";
   // matplotlib's viridis at 0, 0.1, ..., 1 (perceptually uniform; the PNG figures use it too).
@@ -28,22 +38,80 @@
                    "#44bf70", "#7ad151", "#bddf26", "#fde725"].map(h => [1, 3, 5].map(i => parseInt(h.substr(i, 2), 16)));
   const FIGURE_CSS = "text{font-family:" + FONT + ";fill:#1d1f23}.muted{fill:#5d6470}" +
     ".edge.dim{stroke-opacity:.035}.edge.hl{stroke:#d62728}.node.hl text,.node.nb text,.lbl.hl{font-weight:700}" +
-    ".node.hl text,.lbl.hl{fill:#d62728}.node.hl circle{fill:#d62728}.thumb.current .frame{stroke:#2457c5;stroke-width:3}";
+    ".node.hl text,.lbl.hl{fill:#d62728}.node.hl circle{fill:#d62728}.thumb.current .frame{stroke:#2457c5;stroke-width:3}" +
+    ".node.sel .shape{stroke:#1d1f23;stroke-width:3.5}.node.sel text{font-weight:700}";
 
   const frames = DATA.frames;
+  frames.forEach(f => { if (f.kinds.node) prepareNodeKind(f.kinds.node); });
   const kindsAvail = KIND_ORDER.filter(k => frames.some(f => f.kinds[k]));
   const hasAct = frames.some(f => f.act);
   const universal = DATA.model && DATA.model.kind === "universal";
   const layerWord = universal ? "step" : "layer";
-  const VIEWS = [["heatmap", "Heatmap", "h"], ["overview", "Overview", "o"], ["graph", "Graph", "g"]]
-    .concat(hasAct ? [["act", "ACT steps", "a"]] : []);
+  // A node page opens on its graph; heatmaps only where the N x N cells stay few enough to draw.
+  const nodePage = kindsAvail.includes("node");
+  const nodeDense = frames.every(f => !f.kinds.node || f.kinds.node.dense);
+  const VIEWS = nodePage
+    ? [["graph", "Graph", "g"]].concat(nodeDense ? [["heatmap", "Heatmap", "h"], ["overview", "Overview", "o"]] : [])
+    : [["heatmap", "Heatmap", "h"], ["overview", "Overview", "o"], ["graph", "Graph", "g"]]
+      .concat(hasAct ? [["act", "ACT steps", "a"]] : []);
 
-  const state = {view: "heatmap", frame: frames.length - 1,
+  const state = {view: nodePage ? "graph" : "heatmap", frame: frames.length - 1,
                  kind: kindsAvail.includes("cross") ? "cross" : kindsAvail[0],
-                 layer: 0, head: 0, scale: "unit", pin: null, playing: null};
+                 layer: 0, head: nodePage && frames[frames.length - 1].kinds.node.heads > 1 ? "mean" : 0,
+                 scale: nodePage ? "max" : "unit", pin: null, playing: null,
+                 topk: nodePage ? String(frames[frames.length - 1].graph.top_k || "all") : "all"};
 
   const $ = id => document.getElementById(id);
   const figure = $("figure"), tooltip = $("tooltip"), readout = $("readout");
+
+  // ---------------------------------------------------------------- node graphs: edge lists
+  /** Keep the edge lists (k.ew[layer position][head][edge]) and each node's in-edges; for a small
+   *  graph add the dense form (k.edges, k.weights row-major) the heatmap and overview read. */
+  function prepareNodeKind(k) {
+    k.ew = k.weights;
+    k.inEdges = Array.from({length: k.rows}, () => []);
+    k.src.forEach((s, e) => k.inEdges[k.dst[e]].push(e));
+    k.dense = k.rows <= DENSE_NODES;
+    if (!k.dense) { k.weights = null; return; }
+    const cells = new Array(k.rows * k.cols).fill("0");
+    k.src.forEach((s, e) => { cells[k.dst[e] * k.cols + s] = "1"; });
+    k.edges = cells.join("");
+    k.weights = k.ew.map(layer => layer.map(hw => {
+      const m = new Array(k.rows * k.cols).fill(0);
+      hw.forEach((w, e) => { m[k.dst[e] * k.cols + k.src[e]] += w; });
+      return m;
+    }));
+  }
+  /** Per-edge weights of one layer position and head ("mean": average over heads). */
+  function edgeWeights(k, li, head) {
+    const w = k.ew[li];
+    if (head !== "mean") return w[head];
+    const out = new Array(k.src.length).fill(0);
+    for (const hw of w) for (let e = 0; e < out.length; e++) out[e] += hw[e];
+    return out.map(x => x / w.length);
+  }
+  /** Edges to draw (self loops aside: rings), weakest first: all, or each receiver's top k. */
+  function drawnEdges(k, w, topk) {
+    let chosen = [];
+    for (const list of k.inEdges) {
+      const others = list.filter(e => k.src[e] !== k.dst[e]);
+      if (topk) others.sort((a, b) => w[b] - w[a] || a - b);
+      chosen = chosen.concat(topk ? others.slice(0, topk) : others);
+    }
+    return chosen.sort((a, b) => w[a] - w[b] || a - b);
+  }
+  function selfWeights(k, w) {
+    const out = new Array(k.rows).fill(null);
+    k.src.forEach((s, e) => { if (s === k.dst[e]) out[s] = (out[s] || 0) + w[e]; });
+    return out;
+  }
+  function nodeDesc(f, i) {
+    const g = f.graph;
+    if (i >= g.nodes) return "global node " + g.names[i];
+    const right = g.preds[i] === g.labels[i];
+    return "node " + g.names[i] + " (class " + g.labels[i] + ", predicted " + g.preds[i] + (right ? "" : " \u2717") +
+      (g.transductive && g.scored[i] !== "1" ? ", not in the " + g.split + " split" : "") + ")";
+  }
 
   // ---------------------------------------------------------------- helpers
   function el(tag, attrs, parent, text) {
@@ -82,8 +150,8 @@
 
   function frame() { return frames[state.frame]; }
   function kindData(f, kind) { return (f || frame()).kinds[kind || state.kind]; }
-  const rowTokens = (f, kind) => (kind === "enc" ? f.src : f.tgt);   // queries
-  const colTokens = (f, kind) => (kind === "dec" ? f.tgt : f.src);   // keys
+  const rowTokens = (f, kind) => (kind === "node" ? f.graph.names : kind === "enc" ? f.src : f.tgt);   // queries
+  const colTokens = (f, kind) => (kind === "node" ? f.graph.names : kind === "dec" ? f.tgt : f.src);   // keys
   function headList(k) { return k.heads > 1 ? [...Array(k.heads).keys(), "mean"] : [0]; }
   function headName(h) { return h === "mean" ? "mean over heads" : "head " + h; }
 
@@ -101,12 +169,19 @@
     for (let i = 0; i < w.length; i++) if (k.edges[i] === "1" && w[i] > m) m = w[i];
     return m > 0 ? m : 1;
   }
-  function edgeCount(k) { let n = 0; for (const c of k.edges) if (c === "1") n++; return n; }
+  function edgeCount(k) {
+    if (k.src) return k.src.length;
+    let n = 0;
+    for (const c of k.edges) if (c === "1") n++;
+    return n;
+  }
   function queryDesc(f, kind, q) {
+    if (kind === "node") return nodeDesc(f, q);
     return kind === "enc" ? "source token " + q + " \u201c" + f.src[q] + "\u201d"
       : "target node " + q + " (fed \u201c" + f.tgt[q] + "\u201d, predicts \u201c" + f.tgt_out[q] + "\u201d)";
   }
   function keyDesc(f, kind, k) {
+    if (kind === "node") return nodeDesc(f, k);
     return (kind === "dec" ? "target node " + k + " \u201c" + f.tgt[k] : "source token " + k + " \u201c" + f.src[k]) + "\u201d";
   }
   function figTitle(k, li) {
@@ -154,7 +229,7 @@
     const svg = newSvg(right + 10, top + Math.max(R * cell, barH + 40) + 20, figTitle(k, li));
     svg.setAttribute("data-view", "heatmap");
     const names = {enc: ["source (query)", "source (key)"], dec: ["target (query)", "target (key)"],
-                   cross: ["target (query)", "source (key)"]}[kind];
+                   cross: ["target (query)", "source (key)"], node: ["node (query, receives)", "node (key, sends)"]}[kind];
     el("text", {x: left + C * cell / 2, y: 40, "text-anchor": "middle", class: "muted"}, svg, names[1]);
     el("text", {x: 14, y: top + R * cell / 2, "text-anchor": "middle", class: "muted",
                 transform: "rotate(-90 14 " + (top + R * cell / 2) + ")"}, svg, names[0]);
@@ -264,6 +339,7 @@
   function highlight(side, i) {
     const svg = figure.querySelector("svg[data-view=graph]");
     if (!svg) return;
+    if (svg.getAttribute("data-layout") === "nodes") { nodeHighlight(svg, side === null ? null : i); return; }
     const attr = side === "key" ? "data-k" : "data-q", other = side === "key" ? "data-q" : "data-k";
     const mine = [];
     svg.querySelectorAll(".edge").forEach(e => {
@@ -294,6 +370,128 @@
     const ol = html("ol", {}, readout);
     for (const [j, v] of list.slice(0, 6)) {
       const li = html("li", {}, ol, (side === "key" ? queryDesc(f, state.kind, j) : keyDesc(f, state.kind, j)) + ": ");
+      html("span", {class: "w"}, li, fmt(v));
+    }
+  }
+
+  // ---------------------------------------------------------------- node graph (its own layout)
+  /** The graph at its positions: edge j -> i is the half of the line i-j at i (what i takes from j),
+   *  the ring around a node its self-loop weight, fill = true class, red outline = wrong prediction,
+   *  faded = not in the split (transductive tasks), squares = global nodes. */
+  function nodeGraphSvg(f, li, head) {
+    const k = kindData(f, "node"), g = f.graph, n = k.rows, w = edgeWeights(k, li, head);
+    const topk = state.topk === "all" ? 0 : Number(state.topk);
+    const drawn = drawnEdges(k, w, topk), loops = selfWeights(k, w);
+    let vmax = 1;
+    if (state.scale === "max") {
+      vmax = 0;
+      for (const e of drawn) vmax = Math.max(vmax, w[e]);
+      for (const x of loops) if (x !== null) vmax = Math.max(vmax, x);
+      vmax = vmax > 0 ? vmax : 1;
+    }
+    const xs = [], ys = [];
+    for (let i = 0; i < n; i++) { xs.push(g.pos[2 * i]); ys.push(g.pos[2 * i + 1]); }
+    const x0 = Math.min(...xs), y1 = Math.max(...ys);
+    const spanX = Math.max(Math.max(...xs) - x0, 1e-9), spanY = Math.max(y1 - Math.min(...ys), 1e-9);
+    const legendW = 200, pad = 18, top = 40;
+    const r = n <= 60 ? 9 : n <= 500 ? 5 : 2.5;
+    // Fit the pane without scroll bars: its height is at most the window's less the toolbar (explorer.css),
+    // and 32 px stay free for the vertical scroll bars the page and the pane may show once it is drawn.
+    const plotW = clamp(paneWidth() - legendW - 2 * pad - 2 * r - 32, 300, 1600);
+    const plotH = Math.min(paneHeight(), window.innerHeight - 136) - top - 2 * pad - 2 * r - 16;
+    const scale = Math.min(plotW / spanX, Math.max(260, plotH) / spanY);
+    const X = i => pad + r + (xs[i] - x0) * scale, Y = i => top + pad + r + (y1 - ys[i]) * scale;
+    const width = 2 * pad + 2 * r + spanX * scale + legendW, height = top + 2 * pad + 2 * r + spanY * scale + 10;
+    const title = figTitle(k, li) + (topk ? " \u00b7 top " + topk + " in-edge(s) per node" : "");
+    const svg = newSvg(width, Math.max(height, 260), title);
+    svg.setAttribute("data-view", "graph");
+    svg.setAttribute("data-layout", "nodes");
+    const small = n <= 60;
+    const edges = el("g", {class: "edges", stroke: EDGE, "stroke-linecap": "butt"}, svg);
+    for (const e of drawn) {
+      const q = k.dst[e], s = k.src[e], t = clamp(w[e] / vmax, 0, 1);
+      el("line", {class: "edge", x1: X(q), y1: Y(q), x2: (X(q) + X(s)) / 2, y2: (Y(q) + Y(s)) / 2,
+                  "stroke-opacity": ((small ? 0.06 : 0.03) + (small ? 0.94 : 0.6) * t).toFixed(4),
+                  "stroke-width": (0.4 + (small ? 4 : 2) * t).toFixed(3), "data-q": q, "data-k": s, "data-w": String(w[e])}, edges);
+    }
+    el("g", {class: "focus", stroke: "#d62728", "stroke-linecap": "round"}, svg);   // a node's in-edges, drawn on hover
+    const nodes = el("g", {"font-size": 9}, svg);
+    for (let i = 0; i < n; i++) {
+      const node = el("g", {class: "node", "data-side": "node", "data-i": i}, nodes);
+      if (loops[i] !== null) {
+        const t = clamp(loops[i] / vmax, 0, 1);
+        el("circle", {class: "selfloop", cx: X(i), cy: Y(i), r: r + (small ? 3 : 1.5), fill: "none", stroke: EDGE,
+                      "stroke-opacity": (0.25 + 0.75 * t).toFixed(3), "stroke-width": (0.5 + (small ? 3.5 : 1.5) * t).toFixed(3),
+                      "data-w": String(loops[i])}, node);
+      }
+      if (i >= g.nodes) {
+        el("rect", {class: "shape", x: X(i) - r, y: Y(i) - r, width: 2 * r, height: 2 * r, fill: GLOBAL,
+                    stroke: "#1d1f23", "stroke-width": 1}, node);
+      } else {
+        const wrong = g.preds[i] !== g.labels[i], scored = g.scored[i] === "1";
+        el("circle", {class: "shape" + (wrong ? " wrong" : ""), cx: X(i), cy: Y(i), r: r,
+                      fill: g.colours[g.labels[i] % g.colours.length], "fill-opacity": scored ? 1 : 0.3,
+                      stroke: wrong ? WRONG : scored ? "#1d1f23" : "#9a9a9a", "stroke-width": wrong ? 2.5 : 1}, node);
+      }
+      if (small) el("text", {x: X(i), y: Y(i), "text-anchor": "middle", "dominant-baseline": "central"}, node, g.names[i]);
+    }
+    nodeLegend(svg, f, width - legendW + 10, top + 10);
+    return svg;
+  }
+  function nodeLegend(svg, f, x, y) {
+    const g = f.graph, lg = el("g", {class: "legend", "font-size": 11}, svg);
+    const row = (draw, label) => { draw(y); el("text", {x: x + 20, y: y, "dominant-baseline": "central"}, lg, label); y += 18; };
+    g.colours.forEach((c, i) => row(yy => el("circle", {cx: x + 7, cy: yy, r: 6, fill: c, stroke: "#1d1f23"}, lg), "class " + i));
+    row(yy => el("circle", {cx: x + 7, cy: yy, r: 6, fill: "#ffffff", stroke: WRONG, "stroke-width": 2.5}, lg), "prediction wrong");
+    if (g.transductive) {
+      row(yy => el("circle", {cx: x + 7, cy: yy, r: 6, fill: "#888", "fill-opacity": 0.3, stroke: "#9a9a9a"}, lg),
+          "not in the " + g.split + " split");
+    }
+    if (g.global) row(yy => el("rect", {x: x + 1, y: yy - 6, width: 12, height: 12, fill: GLOBAL, stroke: "#1d1f23"}, lg), "global node");
+    row(yy => el("line", {x1: x, x2: x + 14, y1: yy, y2: yy, stroke: EDGE, "stroke-width": 3}, lg), "half at i: weight j \u2192 i");
+    row(yy => el("circle", {cx: x + 7, cy: yy, r: 6, fill: "none", stroke: EDGE, "stroke-width": 2}, lg), "ring: self-loop weight");
+    row(yy => el("line", {x1: x, x2: x + 14, y1: yy, y2: yy, stroke: "#d62728", "stroke-width": 3}, lg), "hovered node's in-edges");
+    const [right, total] = nodeScore(g);
+    el("text", {x: x, y: y + 10, class: "muted"}, lg, right + " / " + total + " " + g.split + " nodes right");
+  }
+  function nodeScore(g) {
+    let right = 0, total = 0;
+    for (let i = 0; i < g.nodes; i++) if (g.scored[i] === "1") { total++; if (g.preds[i] === g.labels[i]) right++; }
+    return [right, total];
+  }
+  /** Node i's in-edges, all of them (whatever the top-k), as full red lines from each sender;
+   *  every other edge dims. i null: back to the plain picture. */
+  function nodeHighlight(svg, i) {
+    const focus = svg.querySelector("g.focus");
+    focus.replaceChildren();
+    svg.querySelectorAll("g.edges line.edge").forEach(e => e.classList.toggle("dim", i !== null));
+    svg.querySelectorAll(".node").forEach(g => g.classList.remove("sel", "nb"));
+    if (i === null) return;
+    const k = kindData(), w = edgeWeights(k, state.layer, state.head);
+    const mine = k.inEdges[i].filter(e => k.src[e] !== i), small = k.rows <= 60;
+    const top = Math.max(1e-12, ...mine.map(e => w[e]));
+    const pos = j => svg.querySelector('.node[data-i="' + j + '"] .shape');
+    const centre = s => s.tagName === "rect" ? [Number(s.getAttribute("x")) + Number(s.getAttribute("width")) / 2,
+                                               Number(s.getAttribute("y")) + Number(s.getAttribute("height")) / 2]
+      : [Number(s.getAttribute("cx")), Number(s.getAttribute("cy"))];
+    const [xi, yi] = centre(pos(i));
+    const total = mine.reduce((a, e) => a + w[e], 0);
+    for (const e of mine.slice().sort((a, b) => w[a] - w[b])) {
+      const [xj, yj] = centre(pos(k.src[e])), t = w[e] / top;
+      el("line", {class: "edge hl", x1: xj, y1: yj, x2: xi, y2: yi, "stroke-opacity": (0.2 + (small ? 0.8 : 0.5) * t).toFixed(3),
+                  "stroke-width": (0.6 + (small ? 3.5 : 1.6) * t).toFixed(3), "data-q": i, "data-k": k.src[e], "data-w": String(w[e])}, focus);
+      if (w[e] > total / mine.length) svg.querySelector('.node[data-i="' + k.src[e] + '"]').classList.add("nb");
+    }
+    svg.querySelector('.node[data-i="' + i + '"]').classList.add("sel");
+  }
+  function describeGraphNode(i) {
+    const f = frame(), k = kindData(), w = edgeWeights(k, state.layer, state.head);
+    const list = k.inEdges[i].map(e => [k.src[e], w[e]]).sort((a, b) => b[1] - a[1]);
+    readout.replaceChildren();
+    html("div", {}, readout, nodeDesc(f, i) + " receives on " + list.length + " edge(s); strongest:");
+    const ol = html("ol", {}, readout);
+    for (const [j, v] of list.slice(0, 8)) {
+      const li = html("li", {}, ol, (j === i ? "itself (self loop)" : nodeDesc(f, j)) + ": ");
       html("span", {class: "w"}, li, fmt(v));
     }
   }
@@ -377,6 +575,12 @@
     fillSelect($("head"), headList(k).map(h => [h, headName(h)]), state.head);
     $("layer").disabled = $("head").disabled = act;
     $("scale").value = state.scale;
+    $("topk-group").hidden = !(state.kind === "node" && state.view === "graph");
+    if (state.kind === "node") {
+      const k0 = Number(frame().graph.top_k) || 0;
+      const choices = [...new Set(TOP_K_CHOICES.concat(k0 ? [k0] : []))].sort((a, b) => a - b);
+      fillSelect($("topk"), [["all", "all edges"]].concat(choices.map(c => [String(c), "top " + c + " per node"])), state.topk);
+    }
     if (frames.length > 1 || DATA.frame_label) {
       $("frames").hidden = false;
       $("frame").max = String(frames.length - 1);
@@ -391,15 +595,19 @@
     syncControls();
     const f = frame();
     const svg = state.view === "overview" ? overviewSvg(f, state.kind)
-      : state.view === "graph" ? graphSvg(f, state.kind, state.layer, state.head)
+      : state.view === "graph" ? (state.kind === "node" ? nodeGraphSvg(f, state.layer, state.head)
+        : graphSvg(f, state.kind, state.layer, state.head))
         : state.view === "act" ? actSvg(f) : heatmapSvg(f, state.kind, state.layer, state.head);
     figure.replaceChildren(svg);
     if (state.pin && state.view === "graph") highlight(state.pin.side, state.pin.i);
+    if (state.pin && state.view === "graph" && state.pin.side === "node") describeGraphNode(state.pin.i);
     actSummary();
     modelBox();
   }
   function set(changes) {
-    if ("kind" in changes || "frame" in changes || "layer" in changes || "head" in changes) state.pin = null;
+    // A pinned node of a node graph stays pinned across layers and heads: comparing them is the point.
+    const keep = state.kind === "node" && !("kind" in changes) && !("frame" in changes);
+    if (!keep && ("kind" in changes || "frame" in changes || "layer" in changes || "head" in changes)) state.pin = null;
     Object.assign(state, changes);
     render();
   }
@@ -430,6 +638,7 @@
     $("layer").addEventListener("change", e => set({layer: Number(e.target.value)}));
     $("head").addEventListener("change", e => set({head: e.target.value === "mean" ? "mean" : Number(e.target.value)}));
     $("scale").addEventListener("change", e => set({scale: e.target.value}));
+    $("topk").addEventListener("change", e => set({topk: e.target.value}));
     $("frame").addEventListener("input", e => set({frame: Number(e.target.value)}));
     $("play").addEventListener("click", togglePlay);
     $("export-png").addEventListener("click", exportPng);
@@ -490,6 +699,11 @@
       html("div", {}, readout, queryDesc(f, state.kind, q) + " \u2190 " + keyDesc(f, state.kind, c));
       html("div", {class: "w"}, readout, value);
       if (t.classList.contains("cell")) labelHl(q, c);
+    } else if (t.classList.contains("node") && t.getAttribute("data-side") === "node") {
+      const i = Number(t.getAttribute("data-i"));
+      highlight("node", i);
+      describeGraphNode(i);
+      showTooltip(f.graph.names[i] + ": its in-edges", e);
     } else if (t.classList.contains("node")) {
       const side = t.getAttribute("data-side"), i = Number(t.getAttribute("data-i"));
       highlight(side, i);
@@ -511,6 +725,7 @@
     hideTooltip();
     if (t.classList.contains("node")) {
       if (state.pin) highlight(state.pin.side, state.pin.i); else highlight(null, null);
+      if (state.pin && state.pin.side === "node") describeGraphNode(state.pin.i);
     }
     if (t.classList.contains("cell")) labelHl(-1, -1);
   }
@@ -608,7 +823,8 @@
     const k = kindData();
     if (p.has("layer") && k && k.layers.includes(Number(p.get("layer")))) state.layer = k.layers.indexOf(Number(p.get("layer")));
     if (p.get("head") === "mean") state.head = "mean"; else if (p.has("head")) state.head = Number(p.get("head")) || 0;
-    if (p.get("scale") === "max") state.scale = "max";
+    if (p.get("scale") === "max") state.scale = "max"; else if (p.get("scale") === "unit") state.scale = "unit";
+    if (p.has("topk") && (p.get("topk") === "all" || Number(p.get("topk")) > 0)) state.topk = p.get("topk");
   }
 
   pageText();
