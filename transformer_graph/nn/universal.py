@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from transformer_graph.nn.act import ACTAccumulator, ACTStats, HaltingUnit, active_subgraph, scatter_edges
-from transformer_graph.nn.layers import DecoderLayer, EncoderLayer, KVHook, stack_norm
+from transformer_graph.nn.layers import DecoderLayer, EncoderLayer, KVHook, memory_keys_values, stack_norm
 from transformer_graph.nn.model import (FACTORY_DEFAULTS, EncoderDecoder, EncoderDecoderConfig, PositionalEncoding,
                                         constructor_signature)
 
@@ -237,7 +237,7 @@ class UniversalDecoder(_Recurrent):
     def memory_kv(self, memory: torch.Tensor) -> list:
         """Cross-attention keys/values of the source nodes, one entry per depth step (the
         same tensors: the layer is shared)."""
-        kv = self.layer.cross_attn.project_kv(memory)
+        kv = memory_keys_values(self.layer.cross_attn, memory)
         return [kv] * self.max_depth
 
     def step(self, dec_graph, cross_graph, x: torch.Tensor, memory_kv: list, self_kv: list):
