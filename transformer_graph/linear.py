@@ -40,13 +40,16 @@ def _mm_t(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) ->
     return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
 
 
+def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return _mm_t(x.reshape(-1, x.shape[-1]), weight, bias).view(*x.shape[:-1], weight.shape[0])
+
+
 class _OneDNNLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
-        x2 = x.reshape(-1, x.shape[-1])
-        ctx.save_for_backward(x2, weight)
+        ctx.save_for_backward(x.reshape(-1, x.shape[-1]), weight)
         ctx.has_bias = bias is not None
-        return _mm_t(x2, weight, bias).view(*x.shape[:-1], weight.shape[0])
+        return _forward(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad):
@@ -79,7 +82,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if (x.dtype == torch.float32 and weight.dtype == torch.float32 and x.device.type == "cpu"
             and weight.device.type == "cpu" and x.numel() and not _autocast_on_cpu()
             and (bias is None or bias.dtype == torch.float32) and onednn_available()):
-        return _OneDNNLinear.apply(x, weight, bias)
+        # Without autograd (decoding, evaluation) the Function's bookkeeping is pure overhead:
+        # ~45 us a call, 6% of a greedy decode of test2016 with the Tiny model.
+        return _OneDNNLinear.apply(x, weight, bias) if torch.is_grad_enabled() else _forward(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
