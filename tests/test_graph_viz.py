@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.test_html import CHROME_FLAGS, _browser_paths, embedded_data, open_page
+from tests.test_html import embedded_data, open_page
 from transformer_graph.cli.visualize import main as visualize
 from transformer_graph.config import load_config
 from transformer_graph.experiment import build_graph_model, build_node_experiment, graph_data_info, load_trained_nodes
@@ -254,30 +252,6 @@ def test_animate_on_a_node_run_says_what_to_do_instead(karate_run, tmp_path, cap
 # --------------------------------------------------------------------------
 # 3. the page
 # --------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser():
-    """Headless Chromium as tests/test_html.py starts it; skips, saying why, where none can be had."""
-    paths, why = _browser_paths()
-    if paths is None:
-        pytest.skip(why)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chrome, driver_path = paths
-    profile = tempfile.mkdtemp(prefix="tg-chromium-")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chrome
-    for flag in (*CHROME_FLAGS, f"--user-data-dir={profile}", "--window-size=1280,800"):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    drv = webdriver.Chrome(options=opts, service=Service(driver_path))
-    try:
-        yield drv
-    finally:
-        drv.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def karate_page(karate_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("page") / "karate.html"

@@ -22,8 +22,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shutil
-import tempfile
 import urllib.parse
 import xml.etree.ElementTree as ET
 from io import BytesIO
@@ -42,18 +40,14 @@ from transformer_graph.viz import attention as viz
 from transformer_graph.viz import html as explorer
 
 try:  # optional: only the browser tests need it (dev extra)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import Select
-except ImportError:  # pragma: no cover - depends on the environment
-    webdriver = None
+except ImportError:  # pragma: no cover - depends on the environment (conftest's browser fixture skips)
+    pass
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars")
 
 
 # --------------------------------------------------------------------------
@@ -186,39 +180,6 @@ def test_layers_option_keeps_only_those_layers(window_run, window_maps, tmp_path
 # --------------------------------------------------------------------------
 # 2. in a real browser
 # --------------------------------------------------------------------------
-def _browser_paths():
-    if webdriver is None:
-        return None, "selenium is not installed (pip install selenium; it is in the dev extra)"
-    chrome = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-    driver = shutil.which("chromedriver")
-    if chrome is None or driver is None:
-        return None, ("no headless Chromium found (need chromium and chromedriver on PATH; on Debian: "
-                      "apt-get install chromium chromium-driver)")
-    return (chrome, driver), ""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    paths, why = _browser_paths()
-    if paths is None:
-        pytest.skip(why)
-    chrome, driver_path = paths
-    profile = tempfile.mkdtemp(prefix="tg-chromium-")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chrome
-    for flag in CHROME_FLAGS:
-        opts.add_argument(flag)
-    opts.add_argument(f"--user-data-dir={profile}")
-    opts.add_argument("--window-size=1280,800")
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    drv = webdriver.Chrome(options=opts, service=Service(driver_path))
-    try:
-        yield drv
-    finally:
-        drv.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
 def open_page(drv, page: Path, fragment: str = ""):
     drv.set_window_size(1280, 800)
     drv.get(page.resolve().as_uri() + (f"#{fragment}" if fragment else ""))
