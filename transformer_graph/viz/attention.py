@@ -29,9 +29,10 @@ with ``weights_only=True``); :func:`write_animation` turns them into a GIF.
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -121,6 +122,17 @@ class AttentionMaps:
                    dict(d["weights"]), dict(d["edges"]))
 
 
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """The block runs ``model`` in eval mode (no dropout, no sign flips); its mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise ValueError(f"kind: unknown attention kind {kind!r}; expected one of {', '.join(KINDS)}")
@@ -150,12 +162,8 @@ def extract_attention(model, src_ids: Sequence[int], tgt_ids: Sequence[int], spe
     if device is None:
         device = next(model.parameters()).device
     batch = make_batch([src_ids], [tgt_ids], sos=sos, eos=eos, spec=spec, device=device)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         _, att = model(batch, return_attention=True)
-    finally:
-        model.train(was_training)
     n, m = len(src_ids), len(tgt_ids) + 1
     sizes = {"enc": (n, n), "dec": (m, m), "cross": (m, n)}
     weights, edges = {}, {}

@@ -41,6 +41,7 @@ from transformer_graph.config import Config
 from transformer_graph.experiment import (NodeExperiment, build_node_experiment, checkpoint_config,
                                           trained_nodes_from_checkpoint)
 from transformer_graph.viz import figures as plots
+from transformer_graph.viz.attention import eval_mode
 
 LAYOUT_SEED = 0        # spring_layout's seed: the same picture of a graph on every run
 EDGE_BUDGET = 400      # edges (self loops aside) drawn in full; above it each node's top-k in-edges
@@ -153,12 +154,8 @@ def node_attention(model, exp: NodeExperiment, index: int, split: str = "valid")
     check_graph_example(exp, index, split)
     sample = exp.graphs(split)[index]
     batch = exp.batch([sample], next(model.parameters()).device)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         logits, att = model(batch, return_attention=True)
-    finally:
-        model.train(was_training)
     per_layer = att.get("enc") or []
     if not per_layer or any(w is None for w in per_layer):
         raise ValueError("model: its blocks report no attention weights (need_weights gave None); nothing to draw")
