@@ -50,8 +50,9 @@ class CsrPattern:
     (row ``i*H + h`` is head h of node i), so no transposes or copies per head are
     needed: entry (i*H + h, j*H + h) holds head h's value of edge j -> i, and one
     kernel call serves all heads. Rows are contiguous segments of the flat (E*H,)
-    edge values (the softmax's segments); ``perm_t`` maps the reverse matrix's
-    entries (rows j*H + h: keys) to these positions.
+    edge values (the softmax's segments). The reverse matrix (rows j*H + h: keys),
+    which only the backward pass reads, is built when first needed
+    (:meth:`reverse`): decoding and evaluation never pay for it.
     """
 
     heads: int
@@ -61,12 +62,23 @@ class CsrPattern:
     col: torch.Tensor        # (E*H,) column j*H + h of each entry
     offsets: torch.Tensor    # (n_q*H + 1,) int64 row pointers, for segment reductions
     lens: torch.Tensor       # (n_q*H,) entries per row
-    crow_t: torch.Tensor     # (n_k*H + 1,) row pointers of the reverse matrix
-    col_t: torch.Tensor      # (E*H,) its columns i*H + h
-    perm_t: torch.Tensor     # (E*H,) position in this matrix of each reverse entry
     dst: torch.Tensor        # (E,) query node of each edge (edge ids are CSR positions)
     single_crow: torch.Tensor  # (n_q + 1,) the one-head row pointers
+    src: torch.Tensor        # (E,) key node of each edge
+    index_dtype: torch.dtype  # int32 when the index space fits, else int64
     edge_major: torch.Tensor | None = None  # (E*H,) e*H + h of each entry, built when first needed
+    # The reverse matrix, built by reverse(): (n_k*H + 1,) row pointers, (E*H,) columns i*H + h,
+    # and (E*H,) the position in this matrix of each reverse entry.
+    crow_t: torch.Tensor | None = None
+    col_t: torch.Tensor | None = None
+    perm_t: torch.Tensor | None = None
+
+    def reverse(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(crow_t, col_t, perm_t) of the reverse matrix, built once."""
+        if self.perm_t is None:
+            self.crow_t, self.col_t, self.perm_t = _reverse(self.single_crow, self.src, self.dst, self.n_k,
+                                                            self.heads, self.index_dtype)
+        return self.crow_t, self.col_t, self.perm_t
 
     @property
     def nnz(self) -> int:
@@ -110,7 +122,8 @@ class CsrPattern:
     def spmm_t(self, values: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``sum_i values[j -> i, h] * y[i, h]`` (the reverse graph): (n_k, H, d)."""
         h = self.heads
-        m = self._csr(self.crow_t, self.col_t, values.index_select(0, self.perm_t), self.n_k * h, self.n_q * h)
+        crow_t, col_t, perm_t = self.reverse()
+        m = self._csr(crow_t, col_t, values.index_select(0, perm_t), self.n_k * h, self.n_q * h)
         return _mm(m, y.reshape(self.n_q * h, -1)).view(self.n_k, h, -1)
 
     def _per_entry(self, row_values: torch.Tensor) -> torch.Tensor:
@@ -178,29 +191,39 @@ def pattern_of(graph, heads: int) -> CsrPattern:
         return pattern
     crow, col, dst = graph.indptr, graph.src, graph.dst     # in-edges: rows are query (dst) nodes
     n_q, n_k, e = graph.num_dst_nodes(), graph.num_src_nodes(), graph.num_edges()
-    # The reverse (rows are keys): edges sorted by key, stably; eids_t are their edge ids.
-    eids_t = torch.sort(col, stable=True).indices
-    crow_t = torch.cat([col.new_zeros(1), torch.bincount(col, minlength=n_k).cumsum(0)])
     # int32 indices: MKL's sparse kernels take them as they are (int64 would be
     # converted on every call); int64 only when the index space needs it.
     idx = torch.int32 if heads * max(e, n_q + 1, n_k + 1) < 2 ** 31 else torch.int64
     offsets, lens = _row_pointers(crow, heads)
-    offsets_t, _ = _row_pointers(crow_t, heads)
     if heads == 1:   # entries are the edges: the forward positions are the edge ids
-        col_h, col_th, perm_t = col.to(idx), dst.index_select(0, eids_t).to(idx), eids_t.to(idx)
+        col_h = col.to(idx)
     else:
         head = torch.arange(heads, device=col.device)
         pos = _entry_positions(crow, dst, torch.arange(e, device=col.device), heads)
-        rank_t = torch.empty_like(eids_t).scatter_(0, eids_t, torch.arange(e, device=col.device))
-        pos_t = _entry_positions(crow_t, col, rank_t, heads)
         col_h = _scatter(pos, col[:, None] * heads + head, idx)       # entry (e, h): key column j*H + h
-        col_th = _scatter(pos_t, dst[:, None] * heads + head, idx)    # reverse entry: query column i*H + h
-        perm_t = _scatter(pos_t, pos, idx)                            # reverse entry -> its position here
-    pattern = CsrPattern(heads=heads, n_q=n_q, n_k=n_k, crow=offsets.to(idx), col=col_h,
-                         offsets=offsets, lens=lens, crow_t=offsets_t.to(idx), col_t=col_th,
-                         perm_t=perm_t, dst=dst, single_crow=crow)
+    pattern = CsrPattern(heads=heads, n_q=n_q, n_k=n_k, crow=offsets.to(idx), col=col_h, offsets=offsets,
+                         lens=lens, dst=dst, single_crow=crow, src=col, index_dtype=idx)
     graph.derived[key] = pattern
     return pattern
+
+
+def _reverse(crow: torch.Tensor, col: torch.Tensor, dst: torch.Tensor, n_k: int, heads: int, idx: torch.dtype):
+    """The reverse of the interleaved matrix with one-head row pointers ``crow``, key ``col`` and
+    query ``dst`` per edge: its row pointers, columns and each entry's position in the forward matrix."""
+    e = col.numel()
+    # Rows are keys: edges sorted by key, stably; eids_t are their edge ids.
+    eids_t = torch.sort(col, stable=True).indices
+    crow_t = torch.cat([col.new_zeros(1), torch.bincount(col, minlength=n_k).cumsum(0)])
+    offsets_t, _ = _row_pointers(crow_t, heads)
+    if heads == 1:
+        return offsets_t.to(idx), dst.index_select(0, eids_t).to(idx), eids_t.to(idx)
+    head = torch.arange(heads, device=col.device)
+    pos = _entry_positions(crow, dst, torch.arange(e, device=col.device), heads)
+    rank_t = torch.empty_like(eids_t).scatter_(0, eids_t, torch.arange(e, device=col.device))
+    pos_t = _entry_positions(crow_t, col, rank_t, heads)
+    col_th = _scatter(pos_t, dst[:, None] * heads + head, idx)    # reverse entry: query column i*H + h
+    perm_t = _scatter(pos_t, pos, idx)                            # reverse entry -> its position here
+    return offsets_t.to(idx), col_th, perm_t
 
 
 def supports(graph, q: torch.Tensor) -> bool:
