@@ -56,8 +56,9 @@ def decode_dataset(model, src_seqs: Sequence[Sequence[int]], spec: GraphSpec, *,
     A batch holds ``sentences_per_batch`` sentences whatever the beam (``beam`` hypotheses
     each): a decoding step's cost is mostly fixed work (the graphs, the ranking, a few dozen
     small kernels per layer) that a bigger batch shares. Measured on test2016 (beam 5, 1
-    thread, docs/BENCHMARKS.md): 128 sentences per batch decode 1.3-1.6x faster than the 25
-    (128 / beam) this used before, 256 no faster than 128; the key/value caches then hold
+    thread, docs/BENCHMARKS.md): 128 sentences per batch decode 1.2x (multi30k_cpu size) to
+    1.6x (the subword Tiny model) faster than the 25 (128 / beam) this used before, 256 no
+    faster than 128; the key/value caches then hold
     about 128 x beam x (the batch's longest length limit) positions per layer.
 
     ``state_factory`` is :func:`beam_search`'s (another decoder driven by the same search and
