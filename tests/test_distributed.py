@@ -220,6 +220,23 @@ def test_single_process_needs_no_group():
     assert D.step_denominators(comm, [7, 9]) == [7.0, 9.0]  # one process: the plain per-batch token count
 
 
+@pytest.mark.parametrize("world, code", [(None, 0), ("1", 0), ("2", 3)])
+def test_a_finished_worker_leaves_without_finalisation_only_under_torchrun(world, code):
+    # Under torchrun the worker ends in os._exit (gloo's threads can abort the interpreter's
+    # finalisation after a complete run), with its output flushed; otherwise it returns.
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    if world is not None:
+        env.update(RANK="0", WORLD_SIZE=world, LOCAL_RANK="0")
+    script = ("import atexit, sys\n"
+              "from transformer_graph.train.distributed import finish_worker\n"
+              "atexit.register(lambda: print('finalised'))\n"
+              "print('done', end='', flush=False); sys.stderr.write('err')\n"
+              "finish_worker(3)\n")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == code
+    assert proc.stdout == ("done" if code else "donefinalised\n") and proc.stderr == "err"
+
+
 def test_world_size_without_process_group_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="world_size=2 needs an initialised torch.distributed process group"):
         Trainer(tiny_cfg(), tmp_path / "run", rank=0, world_size=2, quiet=True)

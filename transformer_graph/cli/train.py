@@ -13,7 +13,7 @@ from transformer_graph.cli.errors import USER_ERRORS, command, readable_warnings
 from transformer_graph.cli.help import make_parser
 from transformer_graph.config import ConfigError, load_config
 from transformer_graph.inference.evaluation import evaluate_checkpoint
-from transformer_graph.train.distributed import Collectives, init_from_env, shutdown, worker_guard
+from transformer_graph.train.distributed import Collectives, finish_worker, init_from_env, shutdown, worker_guard
 from transformer_graph.train.trainer import Trainer, format_summary
 
 def parser() -> argparse.ArgumentParser:
@@ -109,6 +109,7 @@ def run(argv: list[str] | None = None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     run(argv)
+    finish_worker(0)  # a torchrun worker leaves here, past the backend's shutdown races
     return 0
 
 

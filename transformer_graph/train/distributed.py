@@ -191,6 +191,22 @@ def shutdown(ctx: DistContext | None, sync: bool = False) -> None:
         dist.destroy_process_group()
 
 
+def finish_worker(code: int = 0) -> None:
+    """End a torchrun worker that finished its work, skipping the interpreter's finalisation.
+
+    Outside torchrun (a world of one) this returns and the caller exits normally. Under
+    torchrun, after :func:`shutdown`, the worker leaves through ``os._exit``: gloo's C++
+    threads can still hold tensors whose release needs the GIL, and during finalisation
+    that aborts the process ("terminate called without an active exception", SIGABRT),
+    which torchrun reports as a failed run after a complete one (seen on torch 2.13 under
+    load; pytorch/pytorch#179291). Everything the run keeps (checkpoints, metrics,
+    TensorBoard events) is closed by then; only stdout and stderr need flushing.
+    """
+    world = env_world()
+    if world is not None and world[1] > 1:
+        _exit_now(code)
+
+
 def is_comm_failure(err: BaseException) -> bool:
     """Whether ``err`` comes from the communication backend (a dead, hung or unreachable peer)."""
     kinds = tuple(k for k in (getattr(dist, n, None) for n in ("DistError", "DistBackendError")) if k)
