@@ -29,6 +29,7 @@ the first one trains; report files outside the runs root are replaced only with 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -38,7 +39,9 @@ from pathlib import Path
 from bench.outputs import check_output_dir
 from transformer_graph.checkpoint import load_checkpoint
 from transformer_graph.cli.errors import user_errors
-from transformer_graph.config import SBM_TASKS, load_config
+from transformer_graph.config import SBM_TASKS, Config, load_config
+from transformer_graph.data.graph_tasks import make_cluster, make_pattern
+from transformer_graph.experiment import build_graph_model, graph_data_info
 from transformer_graph.files import atomic_write_text
 from transformer_graph.inference.evaluation import evaluate_checkpoint
 from transformer_graph.train.reproduce import final_checkpoint, run_facts, summarize, train_seeds
@@ -76,6 +79,32 @@ class Cell:
         return sets
 
 
+def parameter_count(cfg: Config) -> int:
+    """Parameters of the graph encoder ``cfg`` trains (its task's features and classes from one
+    generated graph, uncached: the width search needs no dataset)."""
+    make = make_pattern if cfg.data.task == "pattern" else make_cluster
+    info = graph_data_info(make(cfg.data.seed, 1, 1, 1, cache=False))
+    return sum(p.numel() for p in build_graph_model(cfg.model, info).parameters())
+
+
+def matched_width(cfg: Config, target: int) -> tuple[int, int, int]:
+    """``(d_model, d_ff, parameters)`` whose count is nearest ``target``: widths are multiples of
+    ``model.heads`` and ``d_ff`` keeps the config's ratio to ``d_model``, so each aggregator gets
+    the same budget (the leaderboard compares models at ~100k parameters; a ``mean`` block has no
+    query/key projections and is ~25% smaller at the same width)."""
+    m = cfg.model
+    ratio = m.d_ff / m.d_model
+    best = None
+    for d in range(m.heads, 8 * m.d_model + 1, m.heads):
+        model = dataclasses.replace(m, d_model=d, d_ff=max(1, round(ratio * d)))
+        n = parameter_count(dataclasses.replace(cfg, model=model))
+        if best is None or abs(n - target) < abs(best[2] - target):
+            best = (d, model.d_ff, n)
+        if n > target:  # counts grow with the width: the nearest is this one or the one before
+            break
+    return best
+
+
 def _choices(text: str, allowed: tuple[str, ...], option: str) -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]
     bad = [t for t in items if t not in allowed]
@@ -94,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--encodings", default=",".join(ENCODINGS), help="pe (Laplacian encodings), nope, or both")
     ap.add_argument("--pe-dim", type=int, help="encoding width of the pe cells (default: the config's "
                                                "model.pe_dim, 2 where that is 0)")
+    ap.add_argument("--params", type=int, metavar="N",
+                    help="give every cell the width (model.d_model, d_ff in the config's ratio, multiples of "
+                         "model.heads) whose parameter count is nearest N, e.g. 100000 (default: the config's "
+                         "width for every cell)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="train.seed of each run")
     ap.add_argument("--parallel", type=int, default=1, help="runs trained at the same time")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -110,9 +143,10 @@ def cell_result(cell: Cell, runs: dict[int, Path]) -> dict:
     for seed, run_dir in runs.items():
         ckpt_path = final_checkpoint(run_dir)
         metrics = evaluate_checkpoint(ckpt_path, "test")["metrics"]
-        params = sum(t.numel() for t in load_checkpoint(ckpt_path)["model"].values())
+        ckpt = load_checkpoint(ckpt_path)
+        params = sum(t.numel() for t in ckpt["model"].values())  # the encoder keeps no buffers
         per_seed[seed] = {**{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-                          **run_facts(run_dir), "parameters": params}
+                          **run_facts(run_dir), "parameters": params, "d_model": ckpt["config"]["model"]["d_model"]}
     return {"cell": cell.name, "aggregator": cell.aggregator, "structure": cell.structure,
             "encoding": cell.encoding, "per_seed": {str(s): m for s, m in per_seed.items()},
             "summary": summarize(per_seed)}
@@ -124,16 +158,17 @@ def format_grid(task: str, results: list[dict], seeds, overrides) -> str:
     lines = [f"# {task.upper()}: aggregator x structure x positional encoding", "",
              f"Seeds {', '.join(map(str, seeds))}; overrides: {' '.join(overrides) or 'none'}. Test "
              f"class-weighted accuracy (%) of each seed's final model, mean ± sample std.", "",
-             "| aggregator | structure | PE | parameters | test acc | train s / seed | epochs |",
-             "|---|---|---|---:|---:|---:|---:|"]
+             "| aggregator | structure | PE | width | parameters | test acc | train s / seed | epochs |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in results:
         s = r["summary"]
         acc = s.get(metric)
         acc_text = f"{acc['mean']:.3f} ± {acc['std']:.3f}" if acc else "n/a"
         params = int(s["parameters"]["mean"]) if "parameters" in s else "n/a"
+        width = int(s["d_model"]["mean"]) if "d_model" in s else "n/a"
         secs = f"{s['train_time_s']['mean']:.0f}" if "train_time_s" in s else "n/a"
         epochs = f"{s['epochs']['mean']:.0f}" if "epochs" in s else "n/a"
-        lines.append(f"| {r['aggregator']} | {r['structure']} | {r['encoding']} | {params} | {acc_text} | "
+        lines.append(f"| {r['aggregator']} | {r['structure']} | {r['encoding']} | {width} | {params} | {acc_text} | "
                      f"{secs} | {epochs} |")
     lines += ["", "Published (benchmarking-gnns leaderboard, 100k parameters, test accuracy):", "",
               "| model | test acc |", "|---|---:|"]
@@ -162,16 +197,24 @@ def run(args: argparse.Namespace) -> list[dict]:
     cells = [Cell(a, s, e) for a, s, e in itertools.product(
         _choices(args.aggregators, AGGREGATORS, "--aggregators"), _choices(args.structures, STRUCTURES, "--structures"),
         _choices(args.encodings, ENCODINGS, "--encodings"))]
+    if args.params is not None and args.params < 1:
+        raise ValueError(f"--params: expected a positive number of parameters, got {args.params}")
+    sets = {}
     for cell in cells:  # every cell's config before the first one trains
-        load_config(config, [*args.overrides, *cell.overrides(pe_dim)])
+        sets[cell] = [*args.overrides, *cell.overrides(pe_dim)]
+        cfg = load_config(config, sets[cell])
+        if args.params is not None:
+            d, ff, n = matched_width(cfg, args.params)
+            sets[cell] += [f"model.d_model={d}", f"model.d_ff={ff}"]
+            print(f"{cell.name}: d_model {d}, d_ff {ff}: {n:,} parameters (--params {args.params:,})")
+            load_config(config, sets[cell])
     root = args.runs or Path("runs") / "graph_grid" / args.task
     out = args.out or root
     check_output_dir(out, ["GRID.md", "grid.json"], replace=args.force or out == root)
     results: list[dict] = []
     for cell in cells:
         print(f"== {cell.name} ==", flush=True)
-        runs = train_seeds(config, root / cell.name, args.seeds, [*args.overrides, *cell.overrides(pe_dim)],
-                           parallel=args.parallel)
+        runs = train_seeds(config, root / cell.name, args.seeds, sets[cell], parallel=args.parallel)
         results.append(cell_result(cell, runs))
         acc = results[-1]["summary"].get("class_weighted_acc")
         if acc:
@@ -179,7 +222,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         out.mkdir(parents=True, exist_ok=True)  # after each cell: a long grid keeps what it has
         atomic_write_text(out / "grid.json", json.dumps({"task": args.task, "config": config,
                                                          "overrides": args.overrides, "seeds": args.seeds,
-                                                         "pe_dim": pe_dim, "cells": results}, indent=2) + "\n")
+                                                         "pe_dim": pe_dim, "params": args.params,
+                                                         "cells": results}, indent=2) + "\n")
         atomic_write_text(out / "GRID.md", format_grid(args.task, results, args.seeds, args.overrides))
     print(format_grid(args.task, results, args.seeds, args.overrides))
     print(f"wrote {out / 'GRID.md'} and {out / 'grid.json'}")

@@ -68,7 +68,29 @@ def test_cells_change_the_block_the_graph_and_the_encodings_only():
         "model.aggregator=attention", "model.graph_structure=complete", "model.pe_dim=4", "model.self_loops=true"]
 
 
+def test_params_gives_every_aggregator_the_width_of_the_same_budget():
+    # configs/pattern.yaml: attention at width 56 has 105,184 parameters; mean, gat and sage have
+    # no query/key projections and need width 64 (multiples of the 8 heads, d_ff = 2 x width).
+    from transformer_graph.config import load_config
+
+    counts = {}
+    for agg in ("attention", "mean", "gat", "sage"):
+        cfg = load_config(ROOT / "configs" / "pattern.yaml", [f"model.aggregator={agg}"])
+        d, ff, n = graph_grid.matched_width(cfg, 105_184)
+        assert d % cfg.model.heads == 0 and ff == 2 * d
+        wider = graph_grid.parameter_count(load_config(ROOT / "configs" / "pattern.yaml", [
+            f"model.aggregator={agg}", f"model.d_model={d + 8}", f"model.d_ff={2 * d + 16}"]))
+        narrower = graph_grid.parameter_count(load_config(ROOT / "configs" / "pattern.yaml", [
+            f"model.aggregator={agg}", f"model.d_model={d - 8}", f"model.d_ff={2 * d - 16}"]))
+        assert abs(n - 105_184) <= min(abs(wider - 105_184), abs(narrower - 105_184))  # the nearest width
+        counts[agg] = (d, n)
+    assert counts["attention"] == (56, 105_184)
+    assert {counts[a][0] for a in ("mean", "gat", "sage")} == {64}
+    assert all(abs(n - 105_184) / 105_184 < 0.02 for _, n in counts.values())
+
+
 @pytest.mark.parametrize("extra, message", [
+    (["--params", "0"], "--params: expected a positive number of parameters, got 0"),
     (["--aggregators", "attention,gcn"], "--aggregators 'attention,gcn': expected a comma-separated list"),
     (["--seeds", "1", "1"], "--seeds: [1, 1] repeats a seed"),
     (["--pe-dim", "0"], "--pe-dim: expected a positive integer, got 0"),
