@@ -39,6 +39,7 @@ from pathlib import Path
 from bench.outputs import check_output_dir
 from transformer_graph.checkpoint import load_checkpoint
 from transformer_graph.cli.errors import user_errors
+from transformer_graph.cli.threads import add_threads_option, apply_threads_option
 from transformer_graph.config import SBM_TASKS, Config, load_config
 from transformer_graph.data.graph_tasks import make_cluster, make_pattern
 from transformer_graph.experiment import build_graph_model, graph_data_info
@@ -134,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--runs", type=Path, help="root of the cells' run directories (default: runs/graph_grid/<task>)")
     ap.add_argument("--out", type=Path, help="directory of GRID.md and grid.json (default: the runs root)")
     ap.add_argument("--force", action="store_true", help="replace GRID.md / grid.json in --out")
+    add_threads_option(ap)  # this process's evaluations; each run's training has its train.threads
     return ap
 
 
@@ -211,6 +213,10 @@ def run(args: argparse.Namespace) -> list[dict]:
     root = args.runs or Path("runs") / "graph_grid" / args.task
     out = args.out or root
     check_output_dir(out, ["GRID.md", "grid.json"], replace=args.force or out == root)
+    # Before the first run starts: torch's own default (every CPU of the machine) collapses when the
+    # grid's trainings or anything else keep a core busy (issue 17's 9x; an evaluation of 2000 PATTERN
+    # graphs crawled for minutes beside three 1-thread trainings).
+    apply_threads_option(args)
     results: list[dict] = []
     for cell in cells:
         print(f"== {cell.name} ==", flush=True)

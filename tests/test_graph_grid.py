@@ -91,6 +91,7 @@ def test_params_gives_every_aggregator_the_width_of_the_same_budget():
 
 @pytest.mark.parametrize("extra, message", [
     (["--params", "0"], "--params: expected a positive number of parameters, got 0"),
+    (["--threads", "0"], "--threads"),
     (["--aggregators", "attention,gcn"], "--aggregators 'attention,gcn': expected a comma-separated list"),
     (["--seeds", "1", "1"], "--seeds: [1, 1] repeats a seed"),
     (["--pe-dim", "0"], "--pe-dim: expected a positive integer, got 0"),

@@ -76,17 +76,39 @@ def test_idle_cpus_of_this_machine_is_within_its_cpus():
 
 
 def test_apply_threads_sets_torch_and_checks_the_value():
+    from threadpoolctl import threadpool_limits
+
     before = torch.get_num_threads()
-    try:
-        assert apply_threads(1) == 1 and torch.get_num_threads() == 1
-        assert apply_threads(None) == torch.get_num_threads() >= 1
-    finally:
-        torch.set_num_threads(before)
+    with threadpool_limits(limits=None):  # apply_threads caps the BLAS pools too: restored on exit
+        try:
+            assert apply_threads(1) == 1 and torch.get_num_threads() == 1
+            assert apply_threads(None) == torch.get_num_threads() >= 1
+        finally:
+            torch.set_num_threads(before)
     for bad in (0, -2, True, 1.5, "2"):
         with pytest.raises(ThreadsError, match=r"--threads: expected a positive integer"):
             check_threads(bad)
     with pytest.raises(ThreadsError, match=r"train\.threads"):
         apply_threads(0, "train.threads")
+
+
+def test_apply_threads_caps_the_blas_pools_of_numpy_and_scipy_too():
+    # OpenBLAS's own pool (the Laplacian encodings' eigh) collapses beside a busy core like
+    # torch's OpenMP one: the command's count applies to both.
+    import scipy.linalg  # noqa: F401  (loads SciPy's BLAS, as the graph tasks do)
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+    assert blas, "NumPy should bring a BLAS library threadpoolctl can see"
+    before = torch.get_num_threads()
+    with threadpool_limits(limits=None):  # restores every pool afterwards
+        try:
+            apply_threads(1)
+            assert {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"} == {1}
+        finally:
+            torch.set_num_threads(before)
+    assert [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"] == \
+        [p["num_threads"] for p in blas]
 
 
 @pytest.mark.parametrize("name", COMMANDS)
