@@ -135,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--runs", type=Path, help="root of the cells' run directories (default: runs/graph_grid/<task>)")
     ap.add_argument("--out", type=Path, help="directory of GRID.md and grid.json (default: the runs root)")
     ap.add_argument("--force", action="store_true", help="replace GRID.md / grid.json in --out")
-    add_threads_option(ap)  # this process's evaluations; each run's training has its train.threads
+    add_threads_option(ap, "torch CPU threads of each run's training (its train.threads) and of this process's "
+                           "evaluations (default: the config's train.threads; for the evaluations the CPUs this "
+                           "process may use that are idle when it starts)")
     return ap
 
 
@@ -220,7 +222,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     results: list[dict] = []
     for cell in cells:
         print(f"== {cell.name} ==", flush=True)
-        runs = train_seeds(config, root / cell.name, args.seeds, sets[cell], parallel=args.parallel)
+        runs = train_seeds(config, root / cell.name, args.seeds, sets[cell], parallel=args.parallel,
+                           threads=args.threads)
         results.append(cell_result(cell, runs))
         acc = results[-1]["summary"].get("class_weighted_acc")
         if acc:

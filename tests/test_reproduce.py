@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 
 import pytest
 import yaml
 
 from transformer_graph.cli import reproduce as reproduce_cli
-from transformer_graph.train.reproduce import format_table, summarize
+from transformer_graph.train import reproduce
+from transformer_graph.train.reproduce import SeedRunError, format_table, stopped_by, summarize, train_seeds
 
 TINY = {"model": dict(layers=1, d_model=16, d_ff=32, heads=2, max_len=32),
         "data": dict(task="copy", train_size=32, valid_size=8, test_size=8, batch_size=8, alphabet="abcd"),
@@ -42,10 +44,29 @@ def test_seeds_train_evaluate_and_resume(tmp_path, capsys):
     assert json.loads((root / "summary.json").read_text()) == out
     assert (root / "seed1" / "config.yaml").is_file() and "seed: 2" in (root / "seed2" / "config.yaml").read_text()
     assert (root / "seed1.log").read_text().startswith("$ ")
+    assert "--set train.threads=1" in (root / "seed1.log").read_text()  # --threads reaches the training
     # The same command again resumes the finished runs (nothing retrained) and reports the same numbers.
     again = reproduce_cli.run(["--config", str(cfg), "--seeds", "1", "2", "--runs", str(root), "--threads", "1"])
     assert again["sets"]["test"]["summary"]["acc"] == summary["acc"]
     assert (root / "seed1.log").read_text().count("--resume") == 1
+
+
+def test_a_seed_stopped_by_a_signal_is_not_finished(tmp_path, monkeypatch):
+    # Each "training" writes the summary a real one writes; seed 2's ends with a SIGTERM.
+    def fake_command(config, run_dir, seed, overrides):
+        reason = "signal (SIGTERM)" if seed == 2 else "max_epochs"
+        code = (f"import json, pathlib; d = pathlib.Path({str(run_dir)!r}); d.mkdir(exist_ok=True); "
+                f"(d / 'metrics.jsonl').write_text(json.dumps({{'event': 'epoch'}}) + chr(10) + "
+                f"json.dumps({{'event': 'summary', 'stopped_by': {reason!r}}}) + chr(10) + '{{cut')")
+        return [sys.executable, "-c", code]
+
+    monkeypatch.setattr(reproduce, "train_command", fake_command)
+    with pytest.raises(SeedRunError, match=r"did not finish for seed 2 \(stopped by a signal \(SIGTERM\) "
+                                           r"before it finished; its last.pt is kept\).*run the same command again"):
+        train_seeds("c.yaml", tmp_path, [1, 2], parallel=2, echo=lambda *_: None)
+    assert stopped_by(tmp_path / "seed1") == "max_epochs"  # the cut-short last line is skipped
+    assert stopped_by(tmp_path / "seed3") is None
+    assert train_seeds("c.yaml", tmp_path, [1], echo=lambda *_: None) == {1: tmp_path / "seed1"}
 
 
 def test_bad_arguments_are_errors_before_any_training(tmp_path):
@@ -57,6 +78,8 @@ def test_bad_arguments_are_errors_before_any_training(tmp_path):
         reproduce_cli.main(["--config", str(cfg), "--set", "model.layers=zero", "--runs", str(tmp_path / "r")])
     with pytest.raises(SystemExit):
         reproduce_cli.main(["--config", str(cfg), "--eval-set", "x=nope.en,nope.de", "--runs", str(tmp_path / "r")])
+    with pytest.raises(SystemExit):
+        reproduce_cli.main(["--config", str(cfg), "--threads", "0", "--runs", str(tmp_path / "r")])
     with pytest.raises(SystemExit):  # --no-train on runs that do not exist
         reproduce_cli.main(["--config", str(cfg), "--no-train", "--runs", str(tmp_path / "r")])
     assert not (tmp_path / "r").exists()

@@ -8,6 +8,7 @@ from pathlib import Path
 from transformer_graph.cli.errors import command, readable_warnings
 from transformer_graph.cli.help import make_parser
 from transformer_graph.cli.threads import add_threads_option, apply_threads_option
+from transformer_graph.threads import check_threads
 from transformer_graph.config import load_config
 from transformer_graph.files import atomic_write_text
 from transformer_graph.inference.evaluation import check_decoding_options, evaluate_checkpoint
@@ -55,7 +56,10 @@ def parser() -> argparse.ArgumentParser:
                     metavar="NAME=SRC,REF", help="also evaluate on these raw files (repeatable; default: none)")
     ap.add_argument("--beam", type=int, help="beam size (default: the config's eval.beam)")
     ap.add_argument("--json", metavar="PATH", help="also write the summary here (default: ROOT/summary.json only)")
-    add_threads_option(ap)
+    add_threads_option(ap, "torch CPU threads of each seed's training (its train.threads, also on resume) and of "
+                           "the evaluation (default: the config's train.threads for training; for the evaluation "
+                           "the CPUs this process may use, per affinity and cgroup quota, that are idle when it "
+                           "starts, or OMP_NUM_THREADS if set)")
     return ap
 
 
@@ -68,6 +72,8 @@ def run(argv: list[str] | None = None) -> dict:
     if len(set(args.seeds)) != len(args.seeds):
         ap.error(f"--seeds: {args.seeds} repeats a seed; expected distinct seeds")
     load_config(args.config, args.overrides)  # a bad config or override fails here, before any run starts
+    if args.threads is not None:
+        check_threads(args.threads, "--threads")
     check_decoding_options(args.beam, None, None)
     root = args.runs or Path("runs") / f"{Path(args.config).stem}-seeds"
     json_out = check_output_file(args.json, "--json")
@@ -75,7 +81,8 @@ def run(argv: list[str] | None = None) -> dict:
     if args.no_train:
         runs = {s: root / f"seed{s}" for s in args.seeds}
     else:
-        runs = train_seeds(args.config, root, args.seeds, args.overrides, parallel=args.parallel)
+        runs = train_seeds(args.config, root, args.seeds, args.overrides, parallel=args.parallel,
+                           threads=args.threads)
     apply_threads_option(args)
     sets = [(args.split, None, None), *args.eval_sets]
     per_set: dict[str, dict[int, dict]] = {name: {} for name, _, _ in sets}

@@ -9,8 +9,8 @@ HELP = ("torch CPU threads (default: the CPUs this process may use, per affinity
         "idle at start-up, or OMP_NUM_THREADS if set; never more than the machine can give)")
 
 
-def add_threads_option(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--threads", type=int, metavar="N", help=HELP)
+def add_threads_option(ap: argparse.ArgumentParser, help: str = HELP) -> None:  # noqa: A002 (argparse's name)
+    ap.add_argument("--threads", type=int, metavar="N", help=help)
 
 
 def apply_threads_option(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ than one two-thread run: docs/BENCHMARKS.md, threads). Logs go to ``ROOT/seed<N>
 """
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import subprocess
@@ -41,11 +42,36 @@ def train_command(config: str | None, run_dir: Path, seed: int, overrides: Seque
     return cmd
 
 
+def stopped_by(run_dir: Path) -> str | None:
+    """Why the run's last training session ended (``stopped_by`` of its last summary in
+    metrics.jsonl: "max_epochs", "signal", ...), or None where it wrote none."""
+    reason = None
+    try:
+        lines = (Path(run_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a kill
+        if isinstance(event, dict) and event.get("event") == "summary":
+            reason = event.get("stopped_by")
+    return reason
+
+
 def train_seeds(config: str, root: Path, seeds: Sequence[int], overrides: Sequence[str] = (),
-                parallel: int = 1, echo=print) -> dict[int, Path]:
-    """Train every seed (at most ``parallel`` at once); returns seed -> run directory."""
+                parallel: int = 1, echo=print, threads: int | None = None) -> dict[int, Path]:
+    """Train every seed (at most ``parallel`` at once); returns seed -> run directory.
+
+    ``threads``: each seed's ``train.threads`` (new and resumed runs alike; None leaves the
+    config's). A seed whose training was stopped by a signal (SIGTERM, Ctrl-C: its last.pt is
+    kept) is not finished: it is an error like a failed one, and the same call again resumes it.
+    """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    if threads is not None:
+        overrides = [*overrides, f"train.threads={threads}"]
     pending = list(seeds)
     running: dict[int, tuple[subprocess.Popen, object, Path]] = {}
     failed = []
@@ -66,8 +92,11 @@ def train_seeds(config: str, root: Path, seeds: Sequence[int], overrides: Sequen
                     continue
                 log.close()
                 del running[seed]
+                reason = stopped_by(seed_dir(root, seed)) if proc.returncode == 0 else None
                 if proc.returncode != 0:
                     failed.append(f"seed {seed} (exit {proc.returncode}, see {log_path})")
+                elif reason is not None and reason.startswith("signal"):
+                    failed.append(f"seed {seed} (stopped by a {reason} before it finished; its last.pt is kept)")
                 else:
                     echo(f"seed {seed}: done")
             time.sleep(0.5)
@@ -77,8 +106,8 @@ def train_seeds(config: str, root: Path, seeds: Sequence[int], overrides: Sequen
             proc.wait()
             log.close()
     if failed:
-        raise SeedRunError(f"training failed for {', '.join(failed)}; fix the cause and run the same command "
-                           f"again: finished seeds are kept, interrupted ones resume")
+        raise SeedRunError(f"training did not finish for {', '.join(failed)}; fix the cause and run the same "
+                           f"command again: finished seeds are kept, interrupted ones resume")
     return {seed: seed_dir(root, seed) for seed in seeds}
 
 
