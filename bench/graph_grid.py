@@ -80,12 +80,15 @@ class Cell:
         return sets
 
 
-def parameter_count(cfg: Config) -> int:
-    """Parameters of the graph encoder ``cfg`` trains (its task's features and classes from one
-    generated graph, uncached: the width search needs no dataset)."""
+def _task_info(cfg: Config) -> dict:
+    """The task's features and classes, from one generated graph (uncached: no dataset needed)."""
     make = make_pattern if cfg.data.task == "pattern" else make_cluster
-    info = graph_data_info(make(cfg.data.seed, 1, 1, 1, cache=False))
-    return sum(p.numel() for p in build_graph_model(cfg.model, info).parameters())
+    return graph_data_info(make(cfg.data.seed, 1, 1, 1, cache=False))
+
+
+def parameter_count(cfg: Config, info: dict | None = None) -> int:
+    """Parameters of the graph encoder ``cfg`` trains."""
+    return sum(p.numel() for p in build_graph_model(cfg.model, info or _task_info(cfg)).parameters())
 
 
 def matched_width(cfg: Config, target: int) -> tuple[int, int, int]:
@@ -95,10 +98,11 @@ def matched_width(cfg: Config, target: int) -> tuple[int, int, int]:
     query/key projections and is ~25% smaller at the same width)."""
     m = cfg.model
     ratio = m.d_ff / m.d_model
+    info = _task_info(cfg)
     best = None
     for d in range(m.heads, 8 * m.d_model + 1, m.heads):
         model = dataclasses.replace(m, d_model=d, d_ff=max(1, round(ratio * d)))
-        n = parameter_count(dataclasses.replace(cfg, model=model))
+        n = parameter_count(dataclasses.replace(cfg, model=model), info)
         if best is None or abs(n - target) < abs(best[2] - target):
             best = (d, model.d_ff, n)
         if n > target:  # counts grow with the width: the nearest is this one or the one before

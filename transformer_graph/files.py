@@ -10,6 +10,7 @@ removes the temporary file and leaves an existing target untouched.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -52,3 +53,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save(obj)`` to ``path``, atomically."""
     return atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """The JSON objects of a JSON-lines file such as a run's ``metrics.jsonl``, in order; a line
+    that is not one (cut short by a kill) is skipped, and a missing file has none."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records

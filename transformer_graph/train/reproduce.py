@@ -9,7 +9,6 @@ than one two-thread run: docs/BENCHMARKS.md, threads). Logs go to ``ROOT/seed<N>
 """
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import subprocess
@@ -19,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from transformer_graph.checkpoint import load_checkpoint
+from transformer_graph.files import read_records
 
 
 class SeedRunError(RuntimeError):
@@ -45,19 +45,8 @@ def train_command(config: str | None, run_dir: Path, seed: int, overrides: Seque
 def stopped_by(run_dir: Path) -> str | None:
     """Why the run's last training session ended (``stopped_by`` of its last summary in
     metrics.jsonl: "max_epochs", "signal", ...), or None where it wrote none."""
-    reason = None
-    try:
-        lines = (Path(run_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a kill
-        if isinstance(event, dict) and event.get("event") == "summary":
-            reason = event.get("stopped_by")
-    return reason
+    summaries = [r for r in read_records(Path(run_dir) / "metrics.jsonl") if r.get("event") == "summary"]
+    return summaries[-1].get("stopped_by") if summaries else None
 
 
 def train_seeds(config: str, root: Path, seeds: Sequence[int], overrides: Sequence[str] = (),

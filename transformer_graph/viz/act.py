@@ -15,7 +15,6 @@ no pyplot, no GUI backend, no global state).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from matplotlib.ticker import MaxNLocator
 
 from transformer_graph.data.datasets import Batcher, Dataset, collate
 from transformer_graph.experiment import build_experiment, load_trained, trained_text
+from transformer_graph.files import read_records
 from transformer_graph.viz.figures import new_figure, save_figure
 
 SIDES = (("enc", "src_pos", "encoder (source positions)"), ("dec", "tgt_pos", "decoder (target positions)"))
@@ -55,18 +55,7 @@ def step_table(model, dataset, spec, *, batch_size: int = 128, device="cpu") -> 
 
 def act_history(metrics_path) -> list[dict]:
     """The per-epoch ``act`` events of a run's metrics.jsonl (empty if there are none)."""
-    path = Path(metrics_path)
-    if not path.is_file():
-        return []
-    events = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
-        if record.get("event") == "act":
-            events.append(record)
-    return events
+    return [r for r in read_records(metrics_path) if r.get("event") == "act"]
 
 
 def step_figure(tables: dict[str, np.ndarray], history: list[dict] | None = None, title: str | None = None):
